@@ -1,0 +1,1 @@
+"""Continuous deployment of JupyterHubs, hubploy-compatible, as Dagster assets."""

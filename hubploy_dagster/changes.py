@@ -1,0 +1,73 @@
+"""Which hubs a move of a branch from commit A to commit B changes.
+
+A hub changed when the content of any of its inputs (its folder, its chart, the secrets-submodule copy, its
+`watch_paths`) differs between A and B. That is a comparison of trees, not a walk of the commits in between,
+so it is the same whether B descends from A, merges it, or replaced it with a force-push; a change made and
+reverted between A and B correctly changes nothing. hubploy's three-dot `git diff A...B` instead failed on
+force-pushes ("Invalid symmetric difference expression").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hubploy_dagster.deployment import Deployment, load_deployment
+from hubploy_dagster.errors import ConfigProblem
+from hubploy_dagster.repo import DeploymentRepo, folders_of
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    old: str | None
+    new: str
+    changed: list[str]
+    removed: list[str]
+    added: list[str] = field(default_factory=list)
+    force_push: bool = False
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "old": self.old,
+            "new": self.new,
+            "changed": self.changed,
+            "removed": self.removed,
+            "added": self.added,
+            "force_push": self.force_push,
+            "problems": [str(p) for p in self.problems],
+        }
+
+
+def change_set(repo: DeploymentRepo, old: str | None, new: str) -> ChangeSet:
+    """The hubs to deploy when a branch moves from `old` (None: never deployed) to `new`."""
+    after = load_deployment(repo.snapshot(new))
+    if old is None:
+        names = sorted(after.hubs)
+        return ChangeSet(None, after.sha, changed=names, removed=[], added=names, problems=after.problems)
+    before = load_deployment(repo.snapshot(old))
+    return compare(repo, before, after)
+
+
+def compare(repo: DeploymentRepo, before: Deployment, after: Deployment) -> ChangeSet:
+    paths = repo.changed_paths(before.sha, after.sha) if before.sha != after.sha else []
+    touched = set(paths) | folders_of(paths)
+    changed, added = [], []
+    for name, hub in sorted(after.hubs.items()):
+        previous = before.hubs.get(name)
+        if previous is None:
+            added.append(name)
+            changed.append(name)
+        elif touched.intersection(hub.input_paths(), previous.input_paths()):
+            changed.append(name)
+    known_before = set(before.hubs) | set(before.invalid)
+    known_after = set(after.hubs) | set(after.invalid)
+    removed = sorted(known_before - known_after)
+    return ChangeSet(
+        old=before.sha,
+        new=after.sha,
+        changed=changed,
+        removed=removed,
+        added=added,
+        force_push=not repo.is_ancestor(before.sha, after.sha),
+        problems=after.problems,
+    )

@@ -1,0 +1,144 @@
+"""The `hubploy` command: hubploy-compatible entry points over the same code the Dagster assets run.
+
+Every command reads the deployment repository at a commit (`--rev`) from git objects, never from the work
+tree, so `hubploy tags --rev prod` answers for the prod branch whatever is checked out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from hubploy_dagster.changes import change_set
+from hubploy_dagster.config import json_schema
+from hubploy_dagster.deployment import load_deployment
+from hubploy_dagster.errors import ConfigError, HubployError
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags
+
+repo_option = click.option(
+    "--repo",
+    default=".",
+    show_default=True,
+    help="Deployment repository: a local path (bare or not) or a remote URL.",
+)
+rev_option = click.option("--rev", default="HEAD", show_default=True, help="Commit, branch or tag to read.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Operator errors become one clear message and exit status 1, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(1)
+        except HubployError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Continuous deployment of JupyterHubs: hubploy's workflow with Dagster's lineage, checks and UI."""
+
+
+@main.command()
+@repo_option
+@rev_option
+@json_option
+@reports_errors
+def hubs(repo: str, rev: str, as_json: bool) -> None:
+    """List the hubs of the repository at a commit, and the folders that are not valid hubs."""
+    deployment = load_deployment(DeploymentRepo(repo).snapshot(rev))
+    if as_json:
+        _emit_json(
+            {
+                "commit": deployment.sha,
+                "hubs": [{"name": h.name, "path": h.path} for h in deployment.hubs.values()],
+                "invalid": {name: [str(p) for p in problems] for name, problems in deployment.invalid.items()},
+            }
+        )
+        return
+    for hub in sorted(deployment.hubs.values(), key=lambda h: h.name):
+        click.echo(f"{hub.name}\t{hub.path}")
+    for problem in deployment.problems:
+        click.echo(f"invalid: {problem}", err=True)
+
+
+@main.command()
+@repo_option
+@rev_option
+@json_option
+@reports_errors
+def tags(repo: str, rev: str, as_json: bool) -> None:
+    """The image tag of every hub's images at a commit, as hubploy computes it."""
+    deployment_repo = DeploymentRepo(repo)
+    deployment = load_deployment(deployment_repo.snapshot(rev))
+    image_tags = deployment_image_tags(ImageTagIndex(deployment_repo), deployment)
+    if as_json:
+        _emit_json([{"hub": t.hub, "image": t.image, "tag": t.tag} for t in image_tags])
+        return
+    for t in image_tags:
+        click.echo(f"{t.hub}\t{t.image}:{t.tag}")
+
+
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@repo_option
+@json_option
+@reports_errors
+def changed(old: str, new: str, repo: str, as_json: bool) -> None:
+    """The hubs that a move from commit OLD to commit NEW changes (and the hubs it removes)."""
+    changes = change_set(DeploymentRepo(repo), old, new)
+    if as_json:
+        _emit_json({"changed": changes.changed, "removed": changes.removed})
+        return
+    if changes.force_push:
+        click.echo(f"note: {old} is not an ancestor of {new}; compared their trees", err=True)
+    for name in changes.changed:
+        click.echo(f"changed\t{name}" + ("\t(new hub)" if name in changes.added else ""))
+    for name in changes.removed:
+        click.echo(f"removed\t{name}")
+    for problem in changes.problems:
+        click.echo(f"invalid: {problem}", err=True)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of hubploy.yaml (for editors' YAML language servers)."""
+    _emit_json(json_schema())
+
+
+@main.command()
+@repo_option
+@rev_option
+@reports_errors
+def validate(repo: str, rev: str) -> None:
+    """Check every hub's configuration at a commit; list every problem, exit 1 if there is any."""
+    deployment = load_deployment(DeploymentRepo(repo).snapshot(rev))
+    if deployment.problems:
+        raise ConfigError(deployment.problems)
+    if not deployment.hubs:
+        raise HubployError(f"no hubs found under hubs/ or deployments/ at {deployment.sha[:7]}")
+    click.echo(f"ok: {len(deployment.hubs)} hubs valid at {deployment.sha[:7]}")
+
+
+if __name__ == "__main__":
+    main()

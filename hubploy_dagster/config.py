@@ -1,0 +1,304 @@
+"""The typed model of a hub's `hubploy.yaml`: hubploy's classic schema exactly, plus our optional keys.
+
+The model is strict (an unknown key is an error, as a typo in a deploy config should be) and is the single
+source of the JSON Schema that editors use (`hubploy schema`). Loading turns every YAML or schema mistake
+into `ConfigProblem`s naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hubploy_dagster.errors import ConfigError, ConfigProblem
+
+DEFAULT_HELM_SUBSTITUTION_PATH = "jupyterhub.singleuser.image"
+DEFAULT_IMAGE_PATH = "image"
+DEFAULT_CHART = "hub"
+ENVIRONMENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def _relative_path(value: str) -> str:
+    """Paths in hubploy.yaml are inside the repository: reject absolute paths and `..` escapes."""
+    cleaned = value.rstrip("/")
+    if value.startswith("/") or not cleaned or any(part in ("", ".", "..") for part in cleaned.split("/")):
+        raise ValueError(f"must be a relative path inside the repository, got {value!r}")
+    return cleaned
+
+
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- images (classic hubploy) -------------------------------------------------------------------------------
+
+
+class Repo2DockerSettings(Strict):
+    """repo2docker options hubploy passed when an image directory has no Dockerfile."""
+
+    base_image: str | None = None
+    user_id: int = 1000
+    user_name: str = "jovyan"
+
+
+class ImageSpec(Strict):
+    name: NonEmpty = Field(description="Full image name without tag, e.g. gcr.io/project/user-image")
+    path: RelativePath = Field(DEFAULT_IMAGE_PATH, description="Image directory, relative to the hub folder")
+    helm_substitution_path: NonEmpty = Field(
+        DEFAULT_HELM_SUBSTITUTION_PATH,
+        description="Helm values path whose .name and .tag receive the image (always via --set-string)",
+    )
+    repo2docker: Repo2DockerSettings | None = None
+
+
+class GcloudRegistry(Strict):
+    project: NonEmpty
+    service_key: NonEmpty
+
+
+def _aws_legacy_aliases(data: Any) -> Any:
+    """hubploy renamed aws `project` to `account_id` and `zone` to `region`; old names keep working."""
+    if isinstance(data, dict):
+        data = dict(data)
+        for old, new in (("project", "account_id"), ("zone", "region")):
+            if old in data and new not in data:
+                data[new] = data.pop(old)
+    return data
+
+
+class AwsCredentials(Strict):
+    account_id: NonEmpty
+    region: NonEmpty
+    service_key: NonEmpty | None = None
+    role_arn: NonEmpty | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        return _aws_legacy_aliases(data)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> AwsCredentials:
+        if (self.service_key is None) == (self.role_arn is None):
+            raise ValueError("exactly one of service_key or role_arn must be set")
+        return self
+
+
+class AzureRegistry(Strict):
+    resource_group: NonEmpty
+    registry: NonEmpty
+    auth_file: NonEmpty
+
+
+class DockerConfigRegistry(Strict):
+    filename: NonEmpty = Field(description="sops-encrypted docker config.json, relative to the hub's secrets/")
+
+
+def _provider_block_present(model: BaseModel) -> None:
+    provider = model.provider  # type: ignore[attr-defined]
+    if getattr(model, provider) is None:
+        raise ValueError(f"provider is {provider!r} but there is no {provider!r} block")
+
+
+class RegistryConfig(Strict):
+    provider: Literal["gcloud", "aws", "azure", "dockerconfig"]
+    gcloud: GcloudRegistry | None = None
+    aws: AwsCredentials | None = None
+    azure: AzureRegistry | None = None
+    dockerconfig: DockerConfigRegistry | None = None
+
+    @model_validator(mode="after")
+    def _block(self) -> RegistryConfig:
+        _provider_block_present(self)
+        return self
+
+
+class ImagesConfig(Strict):
+    """Either the legacy single `image_name` or the `images` list, plus the registry to push to."""
+
+    image_name: NonEmpty | None = None
+    image_config_path: NonEmpty | None = Field(
+        None, description="Legacy form only: helm values path for the image (default jupyterhub.singleuser.image)"
+    )
+    images: list[ImageSpec] | None = None
+    registry: RegistryConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ImagesConfig:
+        if self.image_name and self.images is not None:
+            raise ValueError("use either image_name (legacy) or images, not both")
+        if not self.image_name and not self.images:
+            raise ValueError("needs image_name or a non-empty images list")
+        if self.image_config_path and not self.image_name:
+            raise ValueError("image_config_path goes with the legacy image_name form only")
+        if self.images:
+            names = [image.name for image in self.images]
+            if len(set(names)) != len(names):
+                raise ValueError("image names must be unique")
+        return self
+
+    def resolved(self) -> list[ImageSpec]:
+        if self.images:
+            return list(self.images)
+        return [
+            ImageSpec(
+                name=self.image_name or "",
+                helm_substitution_path=self.image_config_path or DEFAULT_HELM_SUBSTITUTION_PATH,
+            )
+        ]
+
+
+# --- cluster (classic hubploy) ------------------------------------------------------------------------------
+
+
+class GcloudCluster(Strict):
+    project: NonEmpty
+    cluster: NonEmpty
+    zone: NonEmpty
+    service_key: NonEmpty | None = Field(None, description="sops-encrypted key in secrets/; omit for keyless ADC")
+
+
+class AwsCluster(AwsCredentials):
+    cluster: NonEmpty
+
+
+class AzureCluster(Strict):
+    resource_group: NonEmpty
+    cluster: NonEmpty
+    auth_file: NonEmpty
+
+
+class KubeconfigCluster(Strict):
+    filename: NonEmpty = Field(description="sops-encrypted kubeconfig, relative to the hub's secrets/")
+    context: NonEmpty | None = Field(None, description="Context to use; {namespace} is replaced")
+
+
+class ClusterConfig(Strict):
+    provider: Literal["gcloud", "aws", "azure", "kubeconfig"]
+    gcloud: GcloudCluster | None = None
+    aws: AwsCluster | None = None
+    azure: AzureCluster | None = None
+    kubeconfig: KubeconfigCluster | None = None
+
+    @model_validator(mode="after")
+    def _block(self) -> ClusterConfig:
+        _provider_block_present(self)
+        return self
+
+
+# --- our optional additions ---------------------------------------------------------------------------------
+
+
+class HelmSettings(Strict):
+    timeout: NonEmpty | None = Field(None, description="helm --timeout, passed verbatim (e.g. 10m)")
+    force: bool = False
+    atomic: bool = False
+    cleanup_on_fail: bool = False
+    extra_args: list[str] = Field(
+        default_factory=list, description="Extra arguments appended to helm upgrade (e.g. --disable-openapi-validation)"
+    )
+
+
+class EnvironmentSettings(Strict):
+    namespace: NonEmpty | None = Field(None, description="Default: <hub>-<env>")
+    release: NonEmpty | None = Field(None, description="Default: <hub>-<env>")
+    url: NonEmpty | None = Field(None, description="The hub's public URL, used by the API health checks")
+
+
+class CheckSettings(Strict):
+    enabled: bool = True
+    blocking: bool = True
+    timeout_seconds: int = Field(300, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class HealthSettings(Strict):
+    release: CheckSettings = CheckSettings()
+    workloads: CheckSettings = CheckSettings()
+    hub_api: CheckSettings = CheckSettings()
+    test_user: CheckSettings = CheckSettings(enabled=False, timeout_seconds=600)
+
+
+class SecretsSettings(Strict):
+    encryption: Literal["sops", "external"] = Field(
+        "sops",
+        description="external: secrets/ files are decrypted before deploys by other means (e.g. git-crypt in CI)",
+    )
+
+
+class HubployConfig(Strict):
+    """A hub's hubploy.yaml."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="hubploy.yaml",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    images: ImagesConfig | None = None
+    cluster: ClusterConfig | None = Field(None, description="Omit to deploy to the current kubeconfig context")
+    chart: RelativePath = Field(DEFAULT_CHART, description="Path of the helm chart from the repository root")
+    watch_paths: list[RelativePath] = Field(
+        default_factory=list, description="Other repository paths whose change redeploys this hub"
+    )
+    helm: HelmSettings = HelmSettings()
+    environments: dict[str, EnvironmentSettings] = Field(default_factory=dict)
+    health: HealthSettings = HealthSettings()
+    rollback: Literal["never", "on-failure"] = "never"
+    secrets: SecretsSettings = SecretsSettings()
+
+    @model_validator(mode="after")
+    def _environment_names(self) -> HubployConfig:
+        for name in self.environments:
+            if not ENVIRONMENT_NAME.match(name):
+                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and dashes")
+        return self
+
+    def image_specs(self) -> list[ImageSpec]:
+        return self.images.resolved() if self.images else []
+
+
+def json_schema() -> dict[str, Any]:
+    return HubployConfig.model_json_schema()
+
+
+def _problem_from_pydantic(file: str, error: Any) -> ConfigProblem:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key"
+    elif error["type"] == "missing":
+        reason = "required key is missing"
+    else:
+        reason = error["msg"].removeprefix("Value error, ")
+    return ConfigProblem(file, key, reason)
+
+
+def parse_yaml(text: str | bytes, file: str) -> Any:
+    """YAML parsing whose errors name the file, line and column instead of a traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError.single(file, "", f"invalid YAML: {problem} {where}".strip()) from None
+
+
+def load_hubploy_config(text: str | bytes, file: str) -> HubployConfig:
+    data = parse_yaml(text, file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError.single(file, "", f"must be a mapping, got {type(data).__name__}")
+    try:
+        return HubployConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_problem_from_pydantic(file, err) for err in exc.errors()]) from None

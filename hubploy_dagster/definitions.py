@@ -1,0 +1,58 @@
+"""The code location: one asset group per hub of the deployment repository named by `HUBPLOY_REPO`.
+
+Dagster builds the asset graph when the code location loads, so the hubs are read here, once, from the
+heads of the watched branches (every hub on staging or prod gets its assets).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from hubploy_dagster.assets import group_name, hub_asset_specs
+from hubploy_dagster.deployment import Hub, load_deployment
+from hubploy_dagster.errors import ConfigError
+from hubploy_dagster.repo import DeploymentRepo
+
+DEFAULT_BRANCHES = ("staging", "prod")
+
+
+def hubs_on_branches(repo: DeploymentRepo, branches: tuple[str, ...]) -> list[Hub]:
+    """Every valid hub found at the head of any branch (the first branch's config wins for a name)."""
+    heads = repo.heads(list(branches))
+    revs = [heads[b] for b in branches if b in heads] or ["HEAD"]
+    hubs: dict[str, Hub] = {}
+    for rev in revs:
+        for name, hub in load_deployment(repo.snapshot(rev)).hubs.items():
+            hubs.setdefault(name, hub)
+    return [hubs[name] for name in sorted(hubs)]
+
+
+def build_definitions(source: str, branches: tuple[str, ...] = DEFAULT_BRANCHES) -> dg.Definitions:
+    hubs = hubs_on_branches(DeploymentRepo(source), branches)
+    groups: dict[str, str] = {}
+    for hub in hubs:
+        other = groups.setdefault(group_name(hub.name), hub.name)
+        if other != hub.name:
+            raise ConfigError.single(hub.config_path, "", f"hubs {other!r} and {hub.name!r} map to one group name")
+    return dg.Definitions(assets=[spec for hub in hubs for spec in hub_asset_specs(hub)])
+
+
+def _source_from_environment() -> str:
+    source = os.environ.get("HUBPLOY_REPO")
+    if not source:
+        raise RuntimeError(
+            "HUBPLOY_REPO is not set: point it at the deployment repository (a path or a git URL); "
+            "`make run` sets it to the bundled example"
+        )
+    return source
+
+
+def _branches_from_environment() -> tuple[str, ...]:
+    return tuple(os.environ.get("HUBPLOY_BRANCHES", ",".join(DEFAULT_BRANCHES)).split(","))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(_source_from_environment(), _branches_from_environment())

@@ -1,0 +1,163 @@
+"""The hubs of a deployment repository at one commit, in hubploy's layout.
+
+A hub is a folder `<root>/<hub>/` holding `hubploy.yaml`, where `<root>` is `hubs/` (new repositories) or
+`deployments/` (existing hubploy repositories). Everything a deploy of a hub depends on is named here: its
+image folders, its values files in hubploy's order, and the repository paths whose content is its
+configuration (its fingerprint), which is what change detection and the promotion gate compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from hubploy_dagster.config import HubployConfig, ImageSpec, load_hubploy_config
+from hubploy_dagster.errors import ConfigError, ConfigProblem, UnknownHubError
+from hubploy_dagster.repo import Snapshot
+
+HUB_ROOTS = ("hubs", "deployments")
+CONFIG_FILE = "hubploy.yaml"
+
+
+@dataclass(frozen=True)
+class ValuesFile:
+    path: str
+    secret: bool
+
+
+@dataclass(frozen=True)
+class Hub:
+    name: str
+    root: str
+    config: HubployConfig
+
+    @property
+    def path(self) -> str:
+        return f"{self.root}/{self.name}"
+
+    @property
+    def config_path(self) -> str:
+        return f"{self.path}/{CONFIG_FILE}"
+
+    def images(self) -> list[ImageSpec]:
+        return self.config.image_specs()
+
+    def image_dir(self, image: ImageSpec) -> str:
+        return f"{self.path}/{image.path}"
+
+    def release_name(self, env: str) -> str:
+        settings = self.config.environments.get(env)
+        return (settings and settings.release) or f"{self.name}-{env}"
+
+    def namespace(self, env: str) -> str:
+        settings = self.config.environments.get(env)
+        return (settings and settings.namespace) or f"{self.name}-{env}"
+
+    def url(self, env: str) -> str | None:
+        settings = self.config.environments.get(env)
+        return settings.url if settings else None
+
+    def values_candidates(self, env: str) -> list[ValuesFile]:
+        """hubploy's order: common, env, decrypted env secrets, then the secrets-submodule copy."""
+        return [
+            ValuesFile(f"{self.path}/config/common.yaml", secret=False),
+            ValuesFile(f"{self.path}/config/{env}.yaml", secret=False),
+            ValuesFile(f"{self.path}/secrets/{env}.yaml", secret=True),
+            ValuesFile(f"secrets/deployments/{self.name}/secrets/{env}.yaml", secret=True),
+        ]
+
+    def input_paths(self) -> list[str]:
+        """Repository paths whose content makes up this hub's configuration."""
+        return sorted({self.path, self.config.chart, f"secrets/deployments/{self.name}", *self.config.watch_paths})
+
+
+@lru_cache(maxsize=8192)
+def _parse_config(blob_id: str, text: bytes) -> HubployConfig | tuple[tuple[str, str], ...]:
+    """Parse a hubploy.yaml once per distinct content: most commits leave most hubs' configs unchanged."""
+    try:
+        return load_hubploy_config(text, CONFIG_FILE)
+    except ConfigError as exc:
+        return tuple((p.key, p.reason) for p in exc.problems)
+
+
+@dataclass
+class Deployment:
+    """Every hub found at one commit, and every problem that kept a hub folder from being one."""
+
+    snapshot: Snapshot
+    hubs: dict[str, Hub] = field(default_factory=dict)
+    invalid: dict[str, list[ConfigProblem]] = field(default_factory=dict)
+
+    @property
+    def sha(self) -> str:
+        return self.snapshot.sha
+
+    @property
+    def problems(self) -> list[ConfigProblem]:
+        return [problem for name in sorted(self.invalid) for problem in self.invalid[name]]
+
+    def hub(self, name: str) -> Hub:
+        if name not in self.hubs:
+            if name in self.invalid:
+                raise ConfigError(self.invalid[name])
+            raise UnknownHubError(name, list(self.hubs), f"commit {self.sha[:7]}")
+        return self.hubs[name]
+
+    def values_files(self, hub: Hub, env: str) -> list[ValuesFile]:
+        """The values files that exist at this commit; missing ones are skipped, as hubploy does."""
+        return [f for f in hub.values_candidates(env) if self.snapshot.exists(f.path)]
+
+    def fingerprint(self, hub: Hub) -> str:
+        """A digest of the content of the hub's inputs: equal fingerprints mean an identical deploy."""
+        digest = hashlib.sha256()
+        for path in hub.input_paths():
+            digest.update(f"{path}\0{self.snapshot.object_id(path) or '-'}\n".encode())
+        return digest.hexdigest()
+
+
+def load_deployment(snapshot: Snapshot) -> Deployment:
+    deployment = Deployment(snapshot)
+    roots_of: dict[str, list[str]] = {}
+    for root in HUB_ROOTS:
+        for entry in snapshot.list_dir(root):
+            if entry.type == "tree":
+                roots_of.setdefault(entry.name, []).append(root)
+    for name, roots in sorted(roots_of.items()):
+        if len(roots) > 1:
+            folders = " and ".join(f"{root}/{name}/" for root in roots)
+            reason = f"hub {name!r} is defined twice: in {folders}"
+            deployment.invalid[name] = [ConfigProblem(snapshot.describe(f"{roots[0]}/{name}"), "", reason)]
+            continue
+        hub_or_problems = _load_hub(snapshot, roots[0], name)
+        if isinstance(hub_or_problems, Hub):
+            deployment.hubs[name] = hub_or_problems
+        else:
+            deployment.invalid[name] = hub_or_problems
+    return deployment
+
+
+def _load_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProblem]:
+    path = f"{root}/{name}/{CONFIG_FILE}"
+    blob_id = snapshot.object_id(path)
+    text = snapshot.read(path)
+    if blob_id is None or text is None:
+        return [ConfigProblem(snapshot.describe(f"{root}/{name}"), "", f"hub folder has no {CONFIG_FILE}")]
+    file = snapshot.describe(path)
+    parsed = _parse_config(blob_id, text)
+    if isinstance(parsed, tuple):
+        return [ConfigProblem(file, key, reason) for key, reason in parsed]
+    hub = Hub(name=name, root=root, config=parsed)
+    return _missing_paths(snapshot, hub, file) or hub
+
+
+def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProblem]:
+    problems = []
+    images = hub.config.images
+    for index, image in enumerate(hub.images()):
+        if not snapshot.is_dir(hub.image_dir(image)):
+            key = f"images.images.{index}.path" if images and images.images else "images.image_name"
+            problems.append(ConfigProblem(file, key, f"image folder {hub.image_dir(image)} does not exist"))
+    if not snapshot.is_dir(hub.config.chart):
+        problems.append(ConfigProblem(file, "chart", f"chart folder {hub.config.chart} does not exist"))
+    return problems

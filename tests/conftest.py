@@ -1,0 +1,96 @@
+"""Shared fixtures: real git repositories built commit by commit inside the test."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import git
+import pytest
+
+from hubploy_dagster.repo import DeploymentRepo
+
+
+class RepoBuilder:
+    """A real git repository a test writes and commits to; commit dates advance one minute per commit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.repo = git.Repo.init(path, initial_branch="staging")
+        with self.repo.config_writer() as config:
+            config.set_value("user", "name", "Test Operator")
+            config.set_value("user", "email", "operator@example.org")
+        self._clock = 1_700_000_000
+
+    def write(self, files: dict[str, str]) -> RepoBuilder:
+        for name, content in files.items():
+            target = self.path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(content))
+        return self
+
+    def remove(self, *names: str) -> RepoBuilder:
+        self.repo.index.remove(list(names), r=True, working_tree=True)
+        return self
+
+    def commit(self, message: str = "change", files: dict[str, str] | None = None) -> str:
+        if files:
+            self.write(files)
+        self.repo.git.add("--all")
+        self._clock += 60
+        date = f"{self._clock} +0000"
+        self.repo.git.commit("--allow-empty", "-m", message, env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
+        return self.repo.head.commit.hexsha
+
+    def branch(self, name: str, start: str = "HEAD") -> None:
+        self.repo.git.branch("-f", name, start)
+
+    def checkout(self, name: str) -> None:
+        self.repo.git.checkout(name)
+
+    def merge(self, other: str, message: str | None = None) -> str:
+        self._clock += 60
+        date = f"{self._clock} +0000"
+        self.repo.git.merge(
+            "--no-ff", "-m", message or f"Merge {other}", other, env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+        )
+        return self.repo.head.commit.hexsha
+
+    def open(self) -> DeploymentRepo:
+        return DeploymentRepo(self.path)
+
+
+def hub_files(name: str, root: str = "hubs", image_name: str | None = None, extra: str = "") -> dict[str, str]:
+    """The files of a minimal valid hub in hubploy's layout."""
+    image = image_name or f"registry.example.org/{name}-image"
+    return {
+        f"{root}/{name}/hubploy.yaml": f"images:\n  image_name: {image}\nchart: chart\n{extra}",
+        f"{root}/{name}/image/Dockerfile": "FROM scratch\n",
+        f"{root}/{name}/config/common.yaml": f"jupyterhub:\n  hub:\n    config: {{}}\n# {name}\n",
+        f"{root}/{name}/config/staging.yaml": "jupyterhub: {}\n",
+    }
+
+
+CHART_FILES = {
+    "chart/Chart.yaml": "apiVersion: v2\nname: hub\nversion: 0.1.0\n",
+    "chart/values.yaml": "jupyterhub: {}\n",
+}
+
+
+@pytest.fixture
+def repo_builder(tmp_path: Path) -> RepoBuilder:
+    return RepoBuilder(tmp_path / "deploy-repo")
+
+
+@pytest.fixture
+def two_hub_repo(repo_builder: RepoBuilder) -> Iterator[RepoBuilder]:
+    """A deployment repository with hubs `alpha` and `beta` and the chart, one commit on staging."""
+    repo_builder.commit("initial", {**CHART_FILES, **hub_files("alpha"), **hub_files("beta")})
+    yield repo_builder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own tag index and mirror cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
