@@ -53,7 +53,11 @@ class RepoBuilder:
         self._clock += 60
         date = f"{self._clock} +0000"
         self.repo.git.merge(
-            "--no-ff", "-m", message or f"Merge {other}", other, env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+            "--no-ff",
+            "-m",
+            message or f"Merge {other}",
+            other,
+            env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date},
         )
         return self.repo.head.commit.hexsha
 

@@ -82,7 +82,9 @@ def test_image_folder_rename_changes_the_hub(two_hub_repo: RepoBuilder):
 
 
 def test_force_push_to_unrelated_history_compares_trees(two_hub_repo: RepoBuilder, tmp_path):
-    old = two_hub_repo.commit("alpha and beta change", {"hubs/alpha/image/x": "1\n", "hubs/beta/config/common.yaml": "b\n"})
+    old = two_hub_repo.commit(
+        "alpha and beta change", {"hubs/alpha/image/x": "1\n", "hubs/beta/config/common.yaml": "b\n"}
+    )
     # an orphan history whose tree equals `old` except for alpha's image: only alpha differs
     two_hub_repo.repo.git.checkout("--orphan", "rewritten")
     new = two_hub_repo.commit("rewritten history", {"hubs/alpha/image/x": "2\n"})

@@ -46,7 +46,11 @@ def test_release_and_namespace_default_to_hub_dash_env_and_can_be_overridden(rep
     extra = "environments:\n  prod: {namespace: datahub, release: datahub, url: https://hub.example.org}\n"
     repo_builder.commit("x", {**CHART_FILES, **hub_files("h", extra=extra)})
     hub = load_deployment(repo_builder.open().snapshot("HEAD")).hub("h")
-    assert (hub.release_name("staging"), hub.namespace("staging"), hub.url("staging")) == ("h-staging", "h-staging", None)
+    assert (hub.release_name("staging"), hub.namespace("staging"), hub.url("staging")) == (
+        "h-staging",
+        "h-staging",
+        None,
+    )
     assert (hub.release_name("prod"), hub.namespace("prod"), hub.url("prod")) == (
         "datahub",
         "datahub",
@@ -86,7 +90,7 @@ def test_invalid_hub_is_reported_and_other_hubs_still_load(two_hub_repo: RepoBui
     ]
     with pytest.raises(ConfigError, match="imagez: unknown key"):
         deployment.hub("typo")
-    with pytest.raises(UnknownHubError, match="no hub named 'nope'.*alpha, beta"):
+    with pytest.raises(UnknownHubError, match=r"no hub named 'nope'.*alpha, beta"):
         deployment.hub("nope")
 
 

@@ -95,7 +95,9 @@ def test_single_walk_equals_hubploy_per_folder_git_log_on_random_merge_histories
     for rev in revs[:40]:
         merges += len(repo.git_repo.commit(rev).parents) > 1
         expected = {f: hubploy_last_commit(repo, rev, f) for f in folders}
-        assert ImageTagIndex(repo, index.index_file.with_name(f"cold-{rev}.json")).last_commits(rev, folders) == expected
+        assert (
+            ImageTagIndex(repo, index.index_file.with_name(f"cold-{rev}.json")).last_commits(rev, folders) == expected
+        )
         assert index.last_commits(rev, folders) == expected  # warm: reuses what earlier revs indexed
     assert merges > 0, "the random history should contain merges"
 
