@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,16 @@ def two_hub_repo(repo_builder: RepoBuilder) -> Iterator[RepoBuilder]:
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own tag index and mirror cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def example_repo(repo_builder: RepoBuilder) -> RepoBuilder:
+    """The bundled example (the project's hubs/ and chart/) committed to a fresh deployment repository."""
+    for folder in ("hubs", "chart"):
+        shutil.copytree(PROJECT_ROOT / folder, repo_builder.path / folder, ignore=shutil.ignore_patterns("charts"))
+    repo_builder.commit("bundled example")
+    repo_builder.branch("prod")
+    return repo_builder
