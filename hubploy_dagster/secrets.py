@@ -1,0 +1,159 @@
+"""sops-encrypted files, decrypted only inside a `with` block, and the masking of their values in output.
+
+hubploy decrypts a file when it has a top-level `sops` key and otherwise uses it as it is. We keep that test
+but, like 2i2c's deployer, refuse a file under `secrets/` that is not encrypted: it was probably committed in
+plain text, and a deploy must not quietly use leaked values. Repositories that decrypt secrets before the
+deploy by other means (git-crypt in CI) say so with `secrets: {encryption: external}`.
+
+Decrypted content exists only in a private temporary folder (mode 0700) that is removed when the block ends,
+whatever happens inside it; the values are collected so that logs and errors can be masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.tools import MissingToolError, find_tool
+
+MASK = "********"
+MIN_MASKED_LENGTH = 4
+
+
+class SecretError(HubployError):
+    """A secret file cannot be used: not encrypted, or not decryptable with the keys at hand."""
+
+
+def _parse(content: bytes, label: str) -> Any:
+    try:
+        if label.endswith(".json"):
+            return json.loads(content)
+        return yaml.safe_load(content)
+    except (ValueError, yaml.YAMLError):
+        return None
+
+
+def is_sops_encrypted(content: bytes, label: str) -> bool:
+    """hubploy's rule: a parsed mapping with a top-level `sops` key."""
+    data = _parse(content, label)
+    return isinstance(data, dict) and "sops" in data
+
+
+@contextmanager
+def private_dir(prefix: str = "hubploy-") -> Iterator[Path]:
+    """A temporary folder only this user can read, removed with everything in it when the block ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        path.chmod(0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _leaf_strings(data: Any) -> Iterator[str]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key != "sops":
+                yield from _leaf_strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _leaf_strings(value)
+    elif isinstance(data, str | int | float) and not isinstance(data, bool):
+        yield str(data)
+
+
+@dataclass
+class Masker:
+    """Replaces every known secret value in text; the longest values first so none leaks partly."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, values: Iterable[str]) -> None:
+        self.values.update(v for v in values if len(v) >= MIN_MASKED_LENGTH)
+
+    def add_file_values(self, content: bytes, label: str) -> None:
+        self.add(_leaf_strings(_parse(content, label)))
+
+    def __call__(self, text: str) -> str:
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, MASK)
+        return text
+
+
+@dataclass(frozen=True)
+class Sops:
+    """How to run sops: the binary and the age key file (None: sops' own defaults and environment)."""
+
+    executable: str = "sops"
+    age_key_file: str | None = None
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.age_key_file:
+            env["SOPS_AGE_KEY_FILE"] = self.age_key_file
+        return env
+
+    def decrypt(self, source: Path, target: Path, label: str) -> None:
+        try:
+            binary = find_tool(self.executable, f"decrypting {label}")
+        except MissingToolError as exc:
+            raise SecretError(str(exc)) from None
+        result = subprocess.run(
+            [binary, "--decrypt", "--output", str(target), str(source)],
+            capture_output=True,
+            text=True,
+            env=self._environment(),
+            check=False,
+        )
+        if result.returncode != 0:
+            reason = next((line for line in result.stderr.splitlines() if line.strip()), "unknown error")
+            raise SecretError(f"cannot decrypt {label} with sops: {reason.strip()}")
+
+
+@contextmanager
+def decrypted_files(
+    files: list[tuple[str, bytes]], sops: Sops, masker: Masker, encryption: str = "sops"
+) -> Iterator[list[Path]]:
+    """Each (label, content) as a private plaintext file, in order; every value is added to `masker`.
+
+    A file with a top-level `sops` key is decrypted; any other file is an error unless `encryption` is
+    "external" (decrypted before the deploy by other means), when it is used as it is.
+
+    Nothing is written until every file has been checked, so a plaintext file stops the deploy before any
+    secret has touched the disk.
+    """
+    encrypted = [is_sops_encrypted(content, label) for label, content in files]
+    if encryption == "sops" and not all(encrypted):
+        plain = next(label for (label, _), flag in zip(files, encrypted, strict=True) if not flag)
+        raise SecretError(
+            f"{plain} is not sops-encrypted (no top-level 'sops' key): refusing to deploy with it. "
+            "If it was ever pushed in plain text, treat its values as leaked and rotate them; "
+            "if secrets are decrypted before deploys by other means, set secrets.encryption: external"
+        )
+    with private_dir("hubploy-secrets-") as folder:
+        paths = []
+        for index, ((label, content), is_encrypted) in enumerate(zip(files, encrypted, strict=True)):
+            suffix = Path(label.split("@")[0]).suffix or ".yaml"
+            target = folder / f"{index}-plain{suffix}"
+            if is_encrypted:
+                source = folder / f"{index}-encrypted{suffix}"
+                source.write_bytes(content)
+                sops.decrypt(source, target, label)
+                source.unlink()
+            else:
+                target.write_bytes(content)
+            target.chmod(0o600)
+            masker.add_file_values(target.read_bytes(), label)
+            paths.append(target)
+        yield paths

@@ -1,0 +1,125 @@
+"""sops decryption into private files that never outlive their block, and masking of secret values."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from hubploy_dagster.secrets import MASK, Masker, SecretError, Sops, decrypted_files, is_sops_encrypted
+from hubploy_dagster.tools import find_tool
+
+DEMO_KEY = PROJECT_ROOT / "hubs" / "DEMO-ONLY-age-key.txt"
+CANARY = "canary-4f1d9c0e-secret-value"
+
+
+def age_key(tmp_path: Path, name: str) -> tuple[Path, str]:
+    key = tmp_path / f"{name}.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    return key, public
+
+
+def encrypt(tmp_path: Path, plaintext: str, recipient: str) -> bytes:
+    source = tmp_path / "plain.yaml"
+    source.write_text(plaintext)
+    result = subprocess.run(
+        [
+            find_tool("sops", "tests"),
+            "--encrypt",
+            "--age",
+            recipient,
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    source.unlink()
+    return result.stdout
+
+
+def test_example_secrets_decrypt_with_the_demo_key_and_the_folder_is_removed():
+    content = (PROJECT_ROOT / "hubs/datahub/secrets/staging.yaml").read_bytes()
+    masker = Masker()
+    with decrypted_files(
+        [("hubs/datahub/secrets/staging.yaml", content)], Sops(age_key_file=str(DEMO_KEY)), masker
+    ) as [path]:
+        folder = path.parent
+        assert folder.stat().st_mode & 0o777 == 0o700 and path.stat().st_mode & 0o777 == 0o600
+        assert "ENC[" not in path.read_text() and "secretToken" in path.read_text()
+        assert list(folder.iterdir()) == [path], "the encrypted copy is removed right after decryption"
+    assert not folder.exists()
+    assert masker.values, "decrypted values are known to the masker"
+
+
+def test_values_are_masked_longest_first(tmp_path: Path):
+    key, public = age_key(tmp_path, "k")
+    content = encrypt(tmp_path, f"token: {CANARY}\nshort: {CANARY[:10]}\nflag: true\n", public)
+    masker = Masker()
+    with decrypted_files([("s.yaml", content)], Sops(age_key_file=str(key)), masker):
+        pass
+    assert masker(f"helm said {CANARY} and {CANARY[:10]}") == f"helm said {MASK} and {MASK}"
+    assert "True" not in masker.values and "true" not in masker.values
+
+
+def test_wrong_age_key_is_a_clear_error_and_nothing_remains(tmp_path: Path, monkeypatch):
+    _, public = age_key(tmp_path, "right")
+    wrong, _ = age_key(tmp_path, "wrong")
+    content = encrypt(tmp_path, f"token: {CANARY}\n", public)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with (
+        pytest.raises(SecretError) as caught,
+        decrypted_files([("hubs/h/secrets/staging.yaml@abc1234", content)], Sops(age_key_file=str(wrong)), Masker()),
+    ):
+        pytest.fail("must not get here")
+    assert str(caught.value).startswith("cannot decrypt hubs/h/secrets/staging.yaml@abc1234 with sops:")
+    assert CANARY not in str(caught.value)
+    assert list((tmp_path / "tmp").iterdir()) == [], "no decrypted or encrypted copy is left behind"
+
+
+def test_plaintext_secret_is_refused_before_anything_is_written(tmp_path: Path):
+    encrypted = (PROJECT_ROOT / "hubs/datahub/secrets/staging.yaml").read_bytes()
+    files = [("ok.yaml", encrypted), ("hubs/h/secrets/prod.yaml", f"token: {CANARY}\n".encode())]
+    sops = Sops(age_key_file=str(DEMO_KEY))
+    with (
+        pytest.raises(SecretError, match=r"hubs/h/secrets/prod.yaml is not sops-encrypted") as caught,
+        decrypted_files(files, sops, Masker()),
+    ):
+        pytest.fail("must not get here")
+    assert CANARY not in str(caught.value)
+
+
+def test_external_encryption_uses_plaintext_as_is_but_still_decrypts_sops_files(tmp_path: Path):
+    encrypted = (PROJECT_ROOT / "hubs/research/secrets/prod.yaml").read_bytes()
+    files = [("a.yaml", encrypted), ("b.yaml", f"token: {CANARY}\n".encode())]
+    masker = Masker()
+    with decrypted_files(files, Sops(age_key_file=str(DEMO_KEY)), masker, encryption="external") as [a, b]:
+        assert "ENC[" not in a.read_text() and b.read_text() == f"token: {CANARY}\n"
+    assert CANARY in masker.values
+
+
+def test_missing_sops_binary_is_named(tmp_path: Path):
+    encrypted = (PROJECT_ROOT / "hubs/research/secrets/prod.yaml").read_bytes()
+    message = "decrypting x.yaml needs the `no-such-sops` command, which is not installed"
+    with (
+        pytest.raises(SecretError, match=re.escape(message)),
+        decrypted_files([("x.yaml", encrypted)], Sops(executable="no-such-sops"), Masker()),
+    ):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"sops: {}\na: 1\n", True), (b"a: 1\n", False), (b"- sops\n", False), (b"{bad yaml", False), (b"", False)],
+)
+def test_sops_detection_is_hubploys_rule(content: bytes, expected: bool):
+    assert is_sops_encrypted(content, "f.yaml") is expected
