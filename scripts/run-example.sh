@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run the Dagster project (webserver + daemon via `dagster dev`) against the local example
+# deployment repository made by scripts/make-example-repo.sh. Stop it with Ctrl-C.
+#   DAGSTER_PORT  webserver port on 127.0.0.1 (default 3000)
+set -euo pipefail
+LOG_TAG=run
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+export DAGSTER_HOME="$LOCAL_DIR/dagster-home"
+export HUBPLOY_REPO="$LOCAL_DIR/example-repo.git"
+port="${DAGSTER_PORT:-3000}"
+
+[[ -f workspace.yaml ]] || die "$ROOT/workspace.yaml is missing: dagster dev loads the code locations from it"
+[[ -d "$HUBPLOY_REPO" ]] || die "$HUBPLOY_REPO is missing: run scripts/make-example-repo.sh first"
+command -v dagster >/dev/null || die "dagster not found on PATH: run scripts/setup.sh (it fills .venv)"
+
+mkdir -p "$DAGSTER_HOME"
+if [[ ! -f "$DAGSTER_HOME/dagster.yaml" ]]; then
+    printf 'telemetry:\n  enabled: false\n' >"$DAGSTER_HOME/dagster.yaml"
+fi
+
+log "dagster dev on http://127.0.0.1:$port (DAGSTER_HOME=$DAGSTER_HOME, HUBPLOY_REPO=$HUBPLOY_REPO)"
+exec dagster dev -w workspace.yaml -h 127.0.0.1 -p "$port"
