@@ -4,13 +4,19 @@ The graph is built from the hubs the deployment repository holds when the code l
 read as the operator thinks of them ("datahub / staging"), and the lineage is the promotion path.
 """
 
-from __future__ import annotations
-
+import json
 import re
+from typing import Any
 
 import dagster as dg
 
-from hubploy_dagster.deployment import Hub
+from hubploy_dagster.build import BuildPlan, build_hub_images
+from hubploy_dagster.cloud import registry_login
+from hubploy_dagster.deployment import Hub, load_deployment
+from hubploy_dagster.images import BuildOptions, ImageResult
+from hubploy_dagster.registry import RegistryClient
+from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
+from hubploy_dagster.secrets import Masker
 
 ENVIRONMENTS = ("staging", "prod")
 
@@ -34,17 +40,101 @@ def upstream_of(env: str) -> str:
     return "image" if index == 0 else ENVIRONMENTS[index - 1]
 
 
-def hub_asset_specs(hub: Hub) -> list[dg.AssetSpec]:
-    group = group_name(hub.name)
-    specs = [
-        dg.AssetSpec(
-            image_key(hub.name),
-            group_name=group,
-            kinds={"docker"},
-            description=f"The user image(s) of hub {hub.name}, tagged by the last commit touching the image folder.",
-            metadata={"hub_path": hub.path, "images": [image.name for image in hub.images()]},
+def hub_pool(hub_name: str) -> str:
+    """One concurrency pool per hub: two steps touching the same hub never run at once."""
+    return f"hub-{hub_name}"
+
+
+def image_metadata(sha: str, results: list[ImageResult]) -> dict[str, Any]:
+    return {
+        "git_sha": sha,
+        "image": ", ".join(r.reference for r in results),
+        "tag": ", ".join(r.tag for r in results),
+        "digest": ", ".join(r.digest or "" for r in results),
+        "built": any(r.built for r in results),
+        "build_seconds": round(sum(r.build_seconds for r in results), 3),
+        "cache_from": ", ".join(r.cache_from for r in results if r.cache_from) or "none",
+        "images": dg.MetadataValue.json(
+            [
+                {"image": r.image, "tag": r.tag, "digest": r.digest, "built": r.built, "cache_from": r.cache_from}
+                for r in results
+            ]
+        ),
+    }
+
+
+def image_asset(hub: Hub) -> dg.AssetsDefinition:
+    """Builds and pushes the hub's images at the run's commit, unless the registry already has their tags."""
+
+    @dg.asset(
+        key=image_key(hub.name),
+        group_name=group_name(hub.name),
+        kinds={"docker"},
+        pool=hub_pool(hub.name),
+        description=f"The user image(s) of hub {hub.name}, tagged by the last commit touching the image folder.",
+        metadata={"hub_path": hub.path, "images": [image.name for image in hub.images()]},
+    )
+    def _image(
+        context: dg.AssetExecutionContext,
+        deployment_repo: DeploymentRepoResource,
+        docker_engine: DockerEngineResource,
+        sops: SopsResource,
+    ) -> dg.MaterializeResult:
+        repo = deployment_repo.open()
+        sha = deployment_repo.pinned_commit(context, "staging")
+        deployment = load_deployment(repo.snapshot(sha))
+        options = BuildOptions(no_cache=docker_engine.no_cache, build_args=docker_engine.build_args)
+        results = build_hub_images(
+            repo,
+            deployment,
+            deployment.hub(hub.name),
+            docker_engine.client(),
+            sops.sops(),
+            BuildPlan(options),
+            context.log.info,
         )
-    ]
+        return dg.MaterializeResult(
+            metadata=image_metadata(sha, results), data_version=dg.DataVersion(",".join(r.tag for r in results))
+        )
+
+    return _image
+
+
+def image_in_registry_check(hub: Hub) -> dg.AssetChecksDefinition:
+    """The tags the latest materialization recorded are in the registry, with the digests it recorded."""
+
+    @dg.asset_check(asset=image_key(hub.name), name="image_in_registry", blocking=True)
+    def _check(
+        context: dg.AssetCheckExecutionContext, deployment_repo: DeploymentRepoResource, sops: SopsResource
+    ) -> dg.AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(image_key(hub.name))
+        if event is None or event.asset_materialization is None:
+            return dg.AssetCheckResult(passed=False, description="the image was never materialized")
+        metadata = event.asset_materialization.metadata
+        recorded = metadata["images"].value
+        deployment = load_deployment(deployment_repo.open().snapshot(str(metadata["git_sha"].value)))
+        with registry_login(deployment.hub(hub.name), deployment.snapshot, sops.sops(), Masker()) as login:
+            registry = RegistryClient(login.credentials)
+            found = {f"{i['image']}:{i['tag']}": registry.manifest_digest(i["image"], i["tag"]) for i in recorded}
+        expected = {f"{i['image']}:{i['tag']}": i["digest"] for i in recorded}
+        missing = sorted(ref for ref, digest in found.items() if digest is None or digest != expected[ref])
+        return dg.AssetCheckResult(
+            passed=not missing,
+            description=f"not in the registry as recorded: {', '.join(missing)}" if missing else None,
+            metadata={"images": dg.MetadataValue.json(json.loads(json.dumps(found)))},
+        )
+
+    return _check
+
+
+def hub_assets(hub: Hub) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
+    """Everything one hub contributes to the code location."""
+    return [image_asset(hub), *release_specs(hub)], [image_in_registry_check(hub)]
+
+
+def release_specs(hub: Hub) -> list[dg.AssetSpec]:
+    group = group_name(hub.name)
+    specs = []
     for env in ENVIRONMENTS:
         specs.append(
             dg.AssetSpec(

@@ -14,11 +14,15 @@ from typing import Any
 
 import click
 
+from hubploy_dagster.build import BuildPlan, build_hub_images
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError, HubployError
+from hubploy_dagster.images import BuildOptions
 from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.resources import DockerEngineResource
+from hubploy_dagster.secrets import Sops
 from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags
 
 repo_option = click.option(
@@ -118,6 +122,55 @@ def changed(old: str, new: str, repo: str, as_json: bool) -> None:
         click.echo(f"removed\t{name}")
     for problem in changes.problems:
         click.echo(f"invalid: {problem}", err=True)
+
+
+@main.command()
+@click.argument("hub")
+@repo_option
+@rev_option
+@click.option("--check-registry", is_flag=True, help="Build only when the tag is not in the registry (the default).")
+@click.option("--commit-range", help="Build only when the image folder changed in this range (git diff RANGE).")
+@click.option("--push", is_flag=True, help="Push what was built.")
+@click.option("--no-cache", is_flag=True, help="Do not use earlier tags as build cache.")
+@click.option("--image", "images", multiple=True, help="Only the image with this full name (repeatable).")
+@click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE build argument (repeatable).")
+@click.option("--docker-host", envvar="DOCKER_HOST", help="Docker engine address (default: DOCKER_HOST or local).")
+@reports_errors
+def build(
+    hub: str,
+    repo: str,
+    rev: str,
+    check_registry: bool,
+    commit_range: str | None,
+    push: bool,
+    no_cache: bool,
+    images: tuple[str, ...],
+    build_args: tuple[str, ...],
+    docker_host: str | None,
+) -> None:
+    """Build (and with --push, push) HUB's images at a commit, as `hubploy build` does."""
+    if check_registry and commit_range:
+        raise click.UsageError("--check-registry and --commit-range are mutually exclusive (as in hubploy)")
+    deployment_repo = DeploymentRepo(repo)
+    deployment = load_deployment(deployment_repo.snapshot(rev))
+    options = BuildOptions(
+        no_cache=no_cache,
+        build_args=dict(arg.split("=", 1) for arg in build_args),
+        push=push,
+        check_registry=commit_range is None,
+    )
+    results = build_hub_images(
+        deployment_repo,
+        deployment,
+        deployment.hub(hub),
+        DockerEngineResource(base_url=docker_host).client(),
+        Sops(),
+        BuildPlan(options, only_images=list(images), commit_range=commit_range),
+        lambda line: click.echo(line, err=True),
+    )
+    for result in results:
+        state = "built and pushed" if result.pushed else "built" if result.built else "already in the registry"
+        click.echo(f"{result.reference}\t{state}" + (f"\t{result.digest}" if result.digest else ""))
 
 
 @main.command()

@@ -10,10 +10,11 @@ import os
 
 import dagster as dg
 
-from hubploy_dagster.assets import group_name, hub_asset_specs
+from hubploy_dagster.assets import group_name, hub_assets
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 
 DEFAULT_BRANCHES = ("staging", "prod")
 
@@ -36,7 +37,27 @@ def build_definitions(source: str, branches: tuple[str, ...] = DEFAULT_BRANCHES)
         other = groups.setdefault(group_name(hub.name), hub.name)
         if other != hub.name:
             raise ConfigError.single(hub.config_path, "", f"hubs {other!r} and {hub.name!r} map to one group name")
-    return dg.Definitions(assets=[spec for hub in hubs for spec in hub_asset_specs(hub)])
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    for hub in hubs:
+        hub_asset_list, hub_checks = hub_assets(hub)
+        assets += hub_asset_list
+        checks += hub_checks
+    return dg.Definitions(assets=assets, asset_checks=checks, resources=resources_from_environment(source, branches))
+
+
+def resources_from_environment(source: str, branches: tuple[str, ...]) -> dict[str, dg.ConfigurableResource]:
+    """Resources configured from the environment, so that `make run` and production differ only in variables.
+
+    HUBPLOY_BUILD_ARGS: `KEY=VALUE,...` build arguments for every image (the example sets BASE_IMAGE to a
+    locally made base image where the upstream one cannot be pulled); SOPS_AGE_KEY_FILE: the age key.
+    """
+    build_args = dict(item.split("=", 1) for item in os.environ.get("HUBPLOY_BUILD_ARGS", "").split(",") if "=" in item)
+    return {
+        "deployment_repo": DeploymentRepoResource(source=source, staging_branch=branches[0], prod_branch=branches[-1]),
+        "docker_engine": DockerEngineResource(build_args=build_args),
+        "sops": SopsResource(age_key_file=os.environ.get("SOPS_AGE_KEY_FILE")),
+    }
 
 
 def _source_from_environment() -> str:

@@ -111,6 +111,10 @@ class DeploymentRepo:
     def is_ancestor(self, older: str, newer: str) -> bool:
         return self.git_repo.is_ancestor(older, newer)
 
+    def archive(self, sha: str, folder: str) -> bytes:
+        """A tar of one folder as committed, with the folder as its root: a build context without a work tree."""
+        return self.git_repo.git.archive("--format=tar", f"{sha}:{folder}", stdout_as_string=False)
+
     def changed_paths(self, old: str, new: str) -> list[str]:
         """Paths whose content differs between two commits (a tree comparison: ancestry does not matter)."""
         output = self.git_repo.git.diff("--name-only", "--no-renames", "-z", old, new)

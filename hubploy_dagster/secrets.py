@@ -35,18 +35,21 @@ class SecretError(HubployError):
     """A secret file cannot be used: not encrypted, or not decryptable with the keys at hand."""
 
 
-def _parse(content: bytes, label: str) -> Any:
+def _parse(content: bytes) -> Any:
+    """JSON (sops writes it tab-indented, which YAML refuses) or YAML; None when it is neither."""
     try:
-        if label.endswith(".json"):
-            return json.loads(content)
+        return json.loads(content)
+    except ValueError:
+        pass
+    try:
         return yaml.safe_load(content)
-    except (ValueError, yaml.YAMLError):
+    except yaml.YAMLError:
         return None
 
 
-def is_sops_encrypted(content: bytes, label: str) -> bool:
+def is_sops_encrypted(content: bytes) -> bool:
     """hubploy's rule: a parsed mapping with a top-level `sops` key."""
-    data = _parse(content, label)
+    data = _parse(content)
     return isinstance(data, dict) and "sops" in data
 
 
@@ -82,8 +85,8 @@ class Masker:
     def add(self, values: Iterable[str]) -> None:
         self.values.update(v for v in values if len(v) >= MIN_MASKED_LENGTH)
 
-    def add_file_values(self, content: bytes, label: str) -> None:
-        self.add(_leaf_strings(_parse(content, label)))
+    def add_file_values(self, content: bytes) -> None:
+        self.add(_leaf_strings(_parse(content)))
 
     def __call__(self, text: str) -> str:
         for value in sorted(self.values, key=len, reverse=True):
@@ -133,7 +136,7 @@ def decrypted_files(
     Nothing is written until every file has been checked, so a plaintext file stops the deploy before any
     secret has touched the disk.
     """
-    encrypted = [is_sops_encrypted(content, label) for label, content in files]
+    encrypted = [is_sops_encrypted(content) for _, content in files]
     if encryption == "sops" and not all(encrypted):
         plain = next(label for (label, _), flag in zip(files, encrypted, strict=True) if not flag)
         raise SecretError(
@@ -154,6 +157,6 @@ def decrypted_files(
             else:
                 target.write_bytes(content)
             target.chmod(0o600)
-            masker.add_file_values(target.read_bytes(), label)
+            masker.add_file_values(target.read_bytes())
             paths.append(target)
         yield paths

@@ -20,8 +20,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
@@ -31,6 +31,7 @@ from hubploy_dagster.repo import DeploymentRepo, default_cache_dir, folders_of
 
 MIN_TAG_LENGTH = 7
 INDEX_MAX_COMMITS = 256
+COMMIT_GRAPH_AFTER = 1000  # commits read in one walk before a commit-graph is (re)written
 # `git log --parents --pretty=oneline -m`: "<sha> <parents...> [(from <parent>)] <subject>"
 HEADER = re.compile(rb"^([0-9a-f]{40})((?: [0-9a-f]{40})*)(?: \(from ([0-9a-f]{40})\))?(?: |$)")
 
@@ -51,38 +52,63 @@ def hubploy_last_commit(repo: DeploymentRepo, rev: str, path: str) -> str | None
 
 @dataclass
 class _Record:
+    """One commit of the walk, with its diff against each parent it differs from (names parsed lazily)."""
+
     sha: str
     parents: list[str]
-    diff_parent: str | None
-    folders: set[str]
+    diffs: dict[str | None, list[str]] = field(default_factory=dict)
+
+    def touched(self, parent: str | None) -> set[str]:
+        return folders_of(self.diffs.get(parent, ()))
 
 
 class ImageTagIndex:
-    """Computes, for a commit, the last commit that touched each of many folders."""
+    """Computes, for a commit, the last commit that touched each of many folders.
 
-    def __init__(self, repo: DeploymentRepo, index_file: Path | None = None):
+    Answers are kept per commit, one small file each, so the next commit's walk stops at the first commit
+    already answered; a commit-graph is written when a walk had to read far, so that git streams
+    `--topo-order` without first walking all history.
+    """
+
+    def __init__(self, repo: DeploymentRepo, index_dir: Path | None = None):
         self.repo = repo
-        if index_file is None:
+        if index_dir is None:
             key = hashlib.sha256(str(repo.path).encode()).hexdigest()[:16]
-            index_file = default_cache_dir() / "image-tags" / f"{key}.json"
-        self.index_file = index_file
-        self._index: dict[str, dict[str, str | None]] = self._read_index()
+            index_dir = default_cache_dir() / "image-tags" / key
+        self.index_dir = index_dir
+        self._memory: dict[str, dict[str, str | None]] = {}
+        self._stored: set[str] | None = None
 
-    def _read_index(self) -> dict[str, dict[str, str | None]]:
-        try:
-            data = json.loads(self.index_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+    def _stored_commits(self) -> set[str]:
+        if self._stored is None:
+            names = os.listdir(self.index_dir) if self.index_dir.is_dir() else []
+            self._stored = {n.removesuffix(".json") for n in names if n.endswith(".json")}
+        return self._stored
 
-    def _write_index(self) -> None:
-        entries = list(self._index.items())[-INDEX_MAX_COMMITS:]
-        self._index = dict(entries)
-        self.index_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.index_file.parent, prefix=".tags-")
+    def _known(self, sha: str) -> dict[str, str | None]:
+        if sha not in self._memory and sha in self._stored_commits():
+            try:
+                self._memory[sha] = json.loads((self.index_dir / f"{sha}.json").read_text())
+            except (OSError, ValueError):
+                self._memory[sha] = {}
+        return self._memory.get(sha, {})
+
+    def _remember(self, sha: str, answers: dict[str, str | None]) -> None:
+        merged = {**self._known(sha), **answers}
+        self._memory[sha] = merged
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.index_dir, prefix=".tags-")
         with os.fdopen(fd, "w") as handle:
-            json.dump(self._index, handle)
-        os.replace(tmp, self.index_file)
+            handle.write(json.dumps(merged))
+        os.replace(tmp, self.index_dir / f"{sha}.json")
+        stored = self._stored_commits()
+        stored.add(sha)
+        if len(stored) > INDEX_MAX_COMMITS:
+            oldest = sorted(stored, key=lambda c: (self.index_dir / f"{c}.json").stat().st_mtime)
+            for commit in oldest[: len(stored) - INDEX_MAX_COMMITS]:
+                (self.index_dir / f"{commit}.json").unlink(missing_ok=True)
+                stored.discard(commit)
+                self._memory.pop(commit, None)
 
     def tags(self, rev: str, folders: Iterable[str]) -> dict[str, str | None]:
         """hubploy's tag of each folder at `rev` (None for a folder no commit touched)."""
@@ -90,86 +116,96 @@ class ImageTagIndex:
 
     def last_commits(self, rev: str, folders: Iterable[str]) -> dict[str, str | None]:
         sha = self.repo.resolve(rev)
-        wanted = sorted(set(folders))
-        known = self._index.get(sha, {})
-        if all(f in known for f in wanted):
-            return {f: known[f] for f in wanted}
-        result = self._walk(sha, wanted)
-        self._index.pop(sha, None)
-        self._index[sha] = {**known, **result}
-        self._write_index()
-        return result
+        wanted = set(folders)
+        known = self._known(sha)
+        missing = wanted - known.keys()
+        if missing:
+            self._remember(sha, self._walk(sha, missing))
+            known = self._known(sha)
+        return {f: known[f] for f in sorted(wanted)}
 
-    def _walk(self, start: str, folders: list[str]) -> dict[str, str | None]:
-        pending: dict[str, set[str]] = {start: set(folders)}
+    def _walk(self, start: str, folders: set[str]) -> dict[str, str | None]:
         result: dict[str, str | None] = {}
-        for sha, records in self._history(start):
-            here = pending.pop(sha, None)
-            if not here:
-                continue
-            cached = self._index.get(sha, {})
-            for folder in [f for f in here if f in cached]:
-                result[folder] = cached[folder]
-                here.discard(folder)
+        pending: dict[str, set[str]] = {start: set(folders)}
+
+        def move(commit: str, moving: set[str]) -> None:
+            known = self._known(commit)
+            for folder in moving & known.keys():
+                result[folder] = known[folder]
+            rest = moving - known.keys()
+            if rest:
+                pending.setdefault(commit, set()).update(rest)
+
+        read = 0
+        for record in self._history(start):
+            read += 1
+            here = pending.pop(record.sha, None)
             if here:
-                self._step(sha, records, here, pending, result)
+                self._step(record, here, move, result)
             if not pending:
                 break
-        for folder in set().union(*pending.values()) if pending else ():
-            result.setdefault(folder, None)
+        for folder in set().union(*pending.values()):
+            result[folder] = None
+        if read > COMMIT_GRAPH_AFTER:
+            self.repo.git_repo.git.execute(["git", "commit-graph", "write", "--reachable", "--split"])
         return result
 
     @staticmethod
-    def _step(sha: str, records: list[_Record], here: set[str], pending: dict[str, set[str]], result: dict) -> None:
-        parents = records[0].parents
-        if not parents:  # the root commit: its diff against nothing touches every folder it has
-            touched = records[0].folders
+    def _step(record: _Record, here: set[str], move: Callable[[str, set[str]], None], result: dict) -> None:
+        if not record.parents:  # the root commit: its diff against nothing touches every folder it has
+            touched = record.touched(None)
             for folder in here:
-                result[folder] = sha if folder in touched else None
+                result[folder] = record.sha if folder in touched else None
             return
-        diffs = {r.diff_parent or parents[0]: r.folders for r in records if r.diff_parent or len(parents) == 1}
+        if len(record.parents) == 1:
+            touched = here & record.touched(None)
+            for folder in touched:
+                result[folder] = record.sha
+            move(record.parents[0], here - touched)
+            return
+        differs = {parent: record.touched(parent) for parent in record.parents if parent in record.diffs}
         for folder in here:
-            same_as = next((p for p in parents if folder not in diffs.get(p, ())), None)
+            same_as = next((p for p in record.parents if folder not in differs.get(p, ())), None)
             if same_as is None:
-                result[folder] = sha
+                result[folder] = record.sha
             else:
-                pending.setdefault(same_as, set()).add(folder)
+                move(same_as, {folder})
 
-    def _history(self, start: str) -> Iterator[tuple[str, list[_Record]]]:
-        """Commits from `start` in topological order, each with its diff against each differing parent."""
+    def _history(self, start: str) -> Iterator[_Record]:
+        """Commits from `start` in topological order, each with its diff against each differing parent.
+
+        A line is a commit header only when it names a commit the walk can reach next (the start or a
+        parent already seen): a file whose name looks like a sha is then never mistaken for a commit.
+        """
         process = self.repo.git_repo.git(c="core.quotePath=false").log(
             "--topo-order", "-m", "--name-only", "--no-renames", "--parents",
             "--pretty=oneline", "--no-abbrev-commit", start,
             as_process=True,
         )  # fmt: skip
+        reachable = {start}
+        current: _Record | None = None
+        files: list[str] = []
         try:
-            current: list[_Record] = []
-            files: list[str] = []
             assert process.stdout is not None
             for raw in process.stdout:
                 line = raw.rstrip(b"\n")
                 header = HEADER.match(line)
-                if header is None:
+                sha = header.group(1).decode() if header else None
+                if sha is None or (sha not in reachable and (current is None or sha != current.sha)):
                     if line:
                         files.append(line.decode("utf-8", "surrogateescape"))
                     continue
-                if current:
-                    current[-1].folders = folders_of(files)
-                    files = []
-                    if current[0].sha != header.group(1).decode():
-                        yield current[0].sha, current
-                        current = []
-                current.append(
-                    _Record(
-                        sha=header.group(1).decode(),
-                        parents=header.group(2).decode().split(),
-                        diff_parent=header.group(3).decode() if header.group(3) else None,
-                        folders=set(),
-                    )
-                )
-            if current:
-                current[-1].folders = folders_of(files)
-                yield current[0].sha, current
+                assert header is not None
+                if current is not None and sha != current.sha:
+                    yield current
+                    current = None
+                if current is None:
+                    parents = header.group(2).decode().split()
+                    reachable.update(parents)
+                    current = _Record(sha, parents)
+                files = current.diffs.setdefault(header.group(3).decode() if header.group(3) else None, [])
+            if current is not None:
+                yield current
         finally:
             _stop(process)
 

@@ -10,11 +10,17 @@ cd "$ROOT"
 
 export DAGSTER_HOME="$LOCAL_DIR/dagster-home"
 export HUBPLOY_REPO="$LOCAL_DIR/example-repo.git"
+# The example's secrets are encrypted to the demo-only key; its images build from the locally made
+# base image, because the upstream one cannot be pulled here (set HUBPLOY_BUILD_ARGS= to use upstream).
+export SOPS_AGE_KEY_FILE="${SOPS_AGE_KEY_FILE:-$ROOT/hubs/DEMO-ONLY-age-key.txt}"
+export HUBPLOY_BUILD_ARGS="${HUBPLOY_BUILD_ARGS-BASE_IMAGE=hubploy-dagster/base:busybox}"
 port="${DAGSTER_PORT:-3000}"
 
 [[ -f workspace.yaml ]] || die "$ROOT/workspace.yaml is missing: dagster dev loads the code locations from it"
 [[ -d "$HUBPLOY_REPO" ]] || die "$HUBPLOY_REPO is missing: run scripts/make-example-repo.sh first"
 command -v dagster >/dev/null || die "dagster not found on PATH: run scripts/setup.sh (it fills .venv)"
+
+"$ROOT/scripts/start-registry.sh"
 
 mkdir -p "$DAGSTER_HOME"
 if [[ ! -f "$DAGSTER_HOME/dagster.yaml" ]]; then

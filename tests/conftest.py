@@ -12,6 +12,8 @@ import pytest
 
 from hubploy_dagster.repo import DeploymentRepo
 
+pytest_plugins = ["services.registry"]
+
 
 class RepoBuilder:
     """A real git repository a test writes and commits to; commit dates advance one minute per commit."""

@@ -119,7 +119,14 @@ def test_missing_sops_binary_is_named(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [(b"sops: {}\na: 1\n", True), (b"a: 1\n", False), (b"- sops\n", False), (b"{bad yaml", False), (b"", False)],
+    [
+        (b"sops: {}\na: 1\n", True),
+        (b'{\n\t"sops": {}\n}', True),
+        (b"a: 1\n", False),
+        (b"- sops\n", False),
+        (b"{bad yaml", False),
+        (b"", False),
+    ],
 )
 def test_sops_detection_is_hubploys_rule(content: bytes, expected: bool):
-    assert is_sops_encrypted(content, "f.yaml") is expected
+    assert is_sops_encrypted(content) is expected

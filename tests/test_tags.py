@@ -95,9 +95,7 @@ def test_single_walk_equals_hubploy_per_folder_git_log_on_random_merge_histories
     for rev in revs[:40]:
         merges += len(repo.git_repo.commit(rev).parents) > 1
         expected = {f: hubploy_last_commit(repo, rev, f) for f in folders}
-        assert (
-            ImageTagIndex(repo, index.index_file.with_name(f"cold-{rev}.json")).last_commits(rev, folders) == expected
-        )
+        assert ImageTagIndex(repo, index.index_dir.with_name(f"cold-{rev}")).last_commits(rev, folders) == expected
         assert index.last_commits(rev, folders) == expected  # warm: reuses what earlier revs indexed
     assert merges > 0, "the random history should contain merges"
 
@@ -107,11 +105,22 @@ def test_index_is_persistent_and_incremental(two_hub_repo: RepoBuilder):
     index = ImageTagIndex(repo)
     folders = ["hubs/alpha/image", "hubs/beta/image"]
     first = index.last_commits("HEAD", folders)
-    stored = json.loads(index.index_file.read_text())
-    assert stored[repo.resolve("HEAD")] == first
+    stored = json.loads((index.index_dir / f"{repo.resolve('HEAD')}.json").read_text())
+    assert stored == first
     new = two_hub_repo.commit("beta image", {"hubs/beta/image/Dockerfile": "FROM other\n"})
     again = ImageTagIndex(repo).last_commits("HEAD", folders)  # a fresh object reads the stored index
     assert again == {"hubs/alpha/image": first["hubs/alpha/image"], "hubs/beta/image": new}
+
+
+def test_a_file_named_like_a_sha_is_not_taken_for_a_commit(two_hub_repo: RepoBuilder):
+    """`git log --name-only` prints file names on their own lines; a 40-hex name must stay a file name."""
+    touched = two_hub_repo.commit("alpha image", {"hubs/alpha/image/Dockerfile": "FROM y\n"})
+    two_hub_repo.commit("odd file", {"b" * 40: "x\n", f"{'c' * 40} something": "y\n"})
+    repo = two_hub_repo.open()
+    folders = ["hubs/alpha/image", "hubs/beta/image"]
+    expected = {f: hubploy_last_commit(repo, "HEAD", f) for f in folders}
+    assert expected["hubs/alpha/image"] == touched
+    assert ImageTagIndex(repo).last_commits("HEAD", folders) == expected
 
 
 def test_folder_never_committed_has_no_tag(two_hub_repo: RepoBuilder):

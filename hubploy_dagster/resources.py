@@ -1,0 +1,83 @@
+"""Dagster resources: the deployment repository, the Docker engine, sops; and the commit a run is pinned to.
+
+A run deploys exactly one commit. Whoever requests the run (the git sensor, the CLI, an operator in the UI)
+pins it with the `git_sha` run tag; a run launched without one pins the branch head once, at its start,
+and records it, so every asset of the run sees the same commit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import docker
+import docker.errors
+from pydantic import Field
+
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.secrets import Sops
+
+TAG_HUB = "hub"
+TAG_ENV = "env"
+TAG_GIT_SHA = "git_sha"
+TAG_BRANCH = "branch"
+
+
+class DockerEngineError(HubployError):
+    """The Docker engine does not answer."""
+
+
+class DeploymentRepoResource(dg.ConfigurableResource):
+    """The deployment repository (a path or a git URL) and the branch each environment follows."""
+
+    source: str = Field(description="Path or git URL of the deployment repository")
+    staging_branch: str = "staging"
+    prod_branch: str = "prod"
+
+    def open(self) -> DeploymentRepo:
+        return DeploymentRepo(self.source)
+
+    def branch(self, env: str) -> str:
+        return {"staging": self.staging_branch, "prod": self.prod_branch}.get(env, env)
+
+    def pinned_commit(self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, env: str) -> str:
+        repo = self.open()
+        pinned = context.run.tags.get(TAG_GIT_SHA)
+        if pinned:
+            return repo.resolve(pinned)
+        branch = self.branch(env)
+        head = repo.heads([branch]).get(branch)
+        if head is None:
+            raise HubployError(f"the run has no {TAG_GIT_SHA} tag and {self.source} has no branch {branch!r}")
+        sha = repo.resolve(head)
+        context.log.info(f"no {TAG_GIT_SHA} run tag: pinned {sha} (head of {branch})")
+        return sha
+
+
+class DockerEngineResource(dg.ConfigurableResource):
+    """The Docker engine images are built with (DOCKER_HOST, else the local socket)."""
+
+    base_url: str | None = Field(None, description="Engine address; default: DOCKER_HOST or the local socket")
+    build_args: dict[str, str] = Field(
+        default_factory=dict, description="Build arguments for every image, e.g. BASE_IMAGE for a local base image"
+    )
+    no_cache: bool = False
+
+    def client(self) -> docker.DockerClient:
+        address = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        try:
+            client = docker.DockerClient(base_url=address)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise DockerEngineError(f"the Docker engine at {address} does not answer: {exc}") from None
+        return client
+
+
+class SopsResource(dg.ConfigurableResource):
+    """How secrets are decrypted: sops with an age key file (None: sops' own environment and defaults)."""
+
+    age_key_file: str | None = None
+
+    def sops(self) -> Sops:
+        return Sops(age_key_file=self.age_key_file)
