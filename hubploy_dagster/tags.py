@@ -15,6 +15,7 @@ to the last commit already indexed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,6 +79,7 @@ class ImageTagIndex:
         self.index_dir = index_dir
         self._memory: dict[str, dict[str, str | None]] = {}
         self._stored: set[str] | None = None
+        self._long_walk = False
 
     def _stored_commits(self) -> set[str]:
         if self._stored is None:
@@ -103,12 +105,13 @@ class ImageTagIndex:
         os.replace(tmp, self.index_dir / f"{sha}.json")
         stored = self._stored_commits()
         stored.add(sha)
-        if len(stored) > INDEX_MAX_COMMITS:
-            oldest = sorted(stored, key=lambda c: (self.index_dir / f"{c}.json").stat().st_mtime)
-            for commit in oldest[: len(stored) - INDEX_MAX_COMMITS]:
-                (self.index_dir / f"{commit}.json").unlink(missing_ok=True)
-                stored.discard(commit)
-                self._memory.pop(commit, None)
+        if len(stored) > INDEX_MAX_COMMITS:  # evict the oldest quarter at once, not one file per call
+            with os.scandir(self.index_dir) as entries:
+                files = sorted((e.stat().st_mtime, e.name) for e in entries if e.name.endswith(".json"))
+            for _, name in files[: len(files) - INDEX_MAX_COMMITS * 3 // 4]:
+                (self.index_dir / name).unlink(missing_ok=True)
+                stored.discard(name.removesuffix(".json"))
+                self._memory.pop(name.removesuffix(".json"), None)
 
     def tags(self, rev: str, folders: Iterable[str]) -> dict[str, str | None]:
         """hubploy's tag of each folder at `rev` (None for a folder no commit touched)."""
@@ -122,6 +125,8 @@ class ImageTagIndex:
         if missing:
             self._remember(sha, self._walk(sha, missing))
             known = self._known(sha)
+            if self._long_walk:
+                self._refresh_commit_graph()
         return {f: known[f] for f in sorted(wanted)}
 
     def _walk(self, start: str, folders: set[str]) -> dict[str, str | None]:
@@ -146,9 +151,13 @@ class ImageTagIndex:
                 break
         for folder in set().union(*pending.values()):
             result[folder] = None
-        if read > COMMIT_GRAPH_AFTER:
-            self.repo.git_repo.git.execute(["git", "commit-graph", "write", "--reachable", "--split"])
+        self._long_walk = read > COMMIT_GRAPH_AFTER
         return result
+
+    def _refresh_commit_graph(self) -> None:
+        """Only an optimisation: another writer holding the lock, or a read-only repository, is not an error."""
+        with contextlib.suppress(git.GitCommandError):
+            self.repo.git_repo.git.execute(["git", "commit-graph", "write", "--reachable", "--split"])
 
     @staticmethod
     def _step(record: _Record, here: set[str], move: Callable[[str, set[str]], None], result: dict) -> None:
@@ -174,12 +183,15 @@ class ImageTagIndex:
     def _history(self, start: str) -> Iterator[_Record]:
         """Commits from `start` in topological order, each with its diff against each differing parent.
 
+        Every option that user or repository configuration could change (log.diffMerges, log.showRoot,
+        color, decorations, signatures) is set explicitly: hubploy's own `git log -- <dir>` is immune to them.
+
         A line is a commit header only when it names a commit the walk can reach next (the start or a
         parent already seen): a file whose name looks like a sha is then never mistaken for a commit.
         """
         process = self.repo.git_repo.git(c="core.quotePath=false").log(
-            "--topo-order", "-m", "--name-only", "--no-renames", "--parents",
-            "--pretty=oneline", "--no-abbrev-commit", start,
+            "--topo-order", "--diff-merges=separate", "--root", "--name-only", "--no-renames", "--parents",
+            "--pretty=oneline", "--no-abbrev-commit", "--no-color", "--no-decorate", "--no-show-signature", start,
             as_process=True,
         )  # fmt: skip
         reachable = {start}

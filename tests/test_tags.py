@@ -126,3 +126,36 @@ def test_a_file_named_like_a_sha_is_not_taken_for_a_commit(two_hub_repo: RepoBui
 def test_folder_never_committed_has_no_tag(two_hub_repo: RepoBuilder):
     repo = two_hub_repo.open()
     assert ImageTagIndex(repo).last_commits("HEAD", ["hubs/nothing/image"]) == {"hubs/nothing/image": None}
+
+
+def test_user_git_configuration_does_not_change_the_answer(repo_builder: RepoBuilder):
+    """log.diffMerges, log.showRoot, colours and decorations must not sway the walk (hubploy's log is immune)."""
+    repo_builder.commit("root", {**CHART_FILES, **hub_files("a"), **hub_files("b")})
+    repo_builder.branch("feature")
+    repo_builder.checkout("feature")
+    repo_builder.commit("a on a branch", {"hubs/a/image/Dockerfile": "FROM a2\n"})
+    repo_builder.checkout("staging")
+    repo_builder.commit("b on staging", {"hubs/b/config/common.yaml": "x: 1\n"})
+    repo_builder.merge("feature")
+    with repo_builder.repo.config_writer() as config:
+        config.set_value("log", "diffMerges", "first-parent")
+        config.set_value("log", "showRoot", "false")
+        config.set_value("log", "decorate", "full")
+        config.set_value("log", "showSignature", "false")
+        config.set_value("color", "ui", "always")
+    repo = repo_builder.open()
+    folders = ["hubs/a/image", "hubs/b/image"]
+    expected = {f: hubploy_last_commit(repo, "HEAD", f) for f in folders}
+    assert ImageTagIndex(repo).last_commits("HEAD", folders) == expected
+
+
+def test_a_locked_commit_graph_does_not_lose_the_answer(repo_builder: RepoBuilder, monkeypatch):
+    monkeypatch.setattr("hubploy_dagster.tags.COMMIT_GRAPH_AFTER", 0)
+    repo_builder.commit("root", {**CHART_FILES, **hub_files("a")})
+    lock = repo_builder.path / ".git/objects/info/commit-graphs/commit-graph-chain.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("held by another writer")
+    repo = repo_builder.open()
+    index = ImageTagIndex(repo)
+    assert index.last_commits("HEAD", ["hubs/a/image"]) == {"hubs/a/image": repo.resolve("HEAD")}
+    assert (index.index_dir / f"{repo.resolve('HEAD')}.json").exists()
