@@ -15,6 +15,7 @@ from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.registry import RegistryClient
+from hubploy_dagster.release import DeployOptions, deploy_hub
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.secrets import Masker
 
@@ -129,25 +130,36 @@ def image_in_registry_check(hub: Hub) -> dg.AssetChecksDefinition:
 
 def hub_assets(hub: Hub) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """Everything one hub contributes to the code location."""
-    return [image_asset(hub), *release_specs(hub)], [image_in_registry_check(hub)]
+    return [image_asset(hub), *(release_asset(hub, env) for env in ENVIRONMENTS)], [image_in_registry_check(hub)]
 
 
-def release_specs(hub: Hub) -> list[dg.AssetSpec]:
-    group = group_name(hub.name)
-    specs = []
-    for env in ENVIRONMENTS:
-        specs.append(
-            dg.AssetSpec(
-                release_key(hub.name, env),
-                group_name=group,
-                kinds={"helm", "kubernetes"},
-                deps=[dg.AssetKey([hub.name, upstream_of(env)])],
-                description=f"The {env} Helm release of hub {hub.name}.",
-                metadata={
-                    "release": hub.release_name(env),
-                    "namespace": hub.namespace(env),
-                    **({"url": dg.MetadataValue.url(hub.url(env) or "")} if hub.url(env) else {}),
-                },
-            )
-        )
-    return specs
+def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
+    """`helm upgrade --install` of the hub in one environment at the run's commit."""
+
+    @dg.asset(
+        key=release_key(hub.name, env),
+        deps=[dg.AssetKey([hub.name, upstream_of(env)])],
+        group_name=group_name(hub.name),
+        kinds={"helm", "kubernetes"},
+        pool=hub_pool(hub.name),
+        description=f"The {env} Helm release of hub {hub.name}.",
+        metadata={
+            "release": hub.release_name(env),
+            "namespace": hub.namespace(env),
+            **({"url": dg.MetadataValue.url(hub.url(env) or "")} if hub.url(env) else {}),
+        },
+    )
+    def _release(
+        context: dg.AssetExecutionContext, deployment_repo: DeploymentRepoResource, sops: SopsResource
+    ) -> dg.MaterializeResult:
+        repo = deployment_repo.open()
+        sha = deployment_repo.pinned_commit(context, env)
+        deployment = load_deployment(repo.snapshot(sha))
+        current = deployment.hub(hub.name)
+        result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
+        metadata: dict[str, Any] = {**result.metadata(), "fingerprint": deployment.fingerprint(current)}
+        if result.url:
+            metadata["url"] = dg.MetadataValue.url(result.url)
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(deployment.fingerprint(current)))
+
+    return _release

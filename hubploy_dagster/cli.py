@@ -20,6 +20,7 @@ from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError, HubployError
 from hubploy_dagster.images import BuildOptions
+from hubploy_dagster.release import DeployOptions, deploy_hub, refuse_secret_printing
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DockerEngineResource
 from hubploy_dagster.secrets import Sops
@@ -171,6 +172,62 @@ def build(
     for result in results:
         state = "built and pushed" if result.pushed else "built" if result.built else "already in the registry"
         click.echo(f"{result.reference}\t{state}" + (f"\t{result.digest}" if result.digest else ""))
+
+
+@main.command()
+@click.argument("hub")
+@click.argument("chart")
+@click.argument("environment")
+@repo_option
+@rev_option
+@click.option("--namespace", help="Namespace to deploy into (default: <hub>-<environment>).")
+@click.option("--set", "set_values", multiple=True, help="helm --set (repeatable).")
+@click.option("--set-string", "set_string_values", multiple=True, help="helm --set-string (repeatable).")
+@click.option("--version", help="helm --version of the chart.")
+@click.option("--timeout", help="helm --timeout (e.g. 30m).")
+@click.option("--force", is_flag=True, help="helm --force.")
+@click.option("--atomic", is_flag=True, help="helm --atomic: roll back a failed upgrade.")
+@click.option("--cleanup-on-fail", is_flag=True, help="helm --cleanup-on-fail.")
+@click.option("--dry-run", is_flag=True, help="helm --dry-run (prints secrets: refused when CI is set).")
+@click.option("-D", "--helm-debug", is_flag=True, help="helm --debug (prints secrets: refused when CI is set).")
+@reports_errors
+def deploy(
+    hub: str,
+    chart: str,
+    environment: str,
+    repo: str,
+    rev: str,
+    namespace: str | None,
+    set_values: tuple[str, ...],
+    set_string_values: tuple[str, ...],
+    version: str | None,
+    timeout: str | None,
+    force: bool,
+    atomic: bool,
+    cleanup_on_fail: bool,
+    dry_run: bool,
+    helm_debug: bool,
+) -> None:
+    """Deploy HUB's ENVIRONMENT release with the helm CHART folder, as `hubploy deploy` does."""
+    options = DeployOptions(
+        chart=chart.rstrip("/"),
+        namespace=namespace,
+        set_values=list(set_values),
+        set_string_values=list(set_string_values),
+        version=version,
+        timeout=timeout,
+        force=force,
+        atomic=atomic,
+        cleanup_on_fail=cleanup_on_fail,
+        dry_run=dry_run,
+        helm_debug=helm_debug,
+    )
+    refuse_secret_printing(options)
+    deployment_repo = DeploymentRepo(repo)
+    deployment = load_deployment(deployment_repo.snapshot(rev))
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    result = deploy_hub(deployment_repo, deployment, deployment.hub(hub), environment, Sops(), options, log)
+    click.echo(f"{result.release}\t{result.namespace}\trevision {result.revision}\t{result.status}")
 
 
 @main.command()

@@ -13,14 +13,14 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hubploy_dagster.config import RegistryConfig
 from hubploy_dagster.deployment import Hub
 from hubploy_dagster.errors import ConfigError, HubployError
-from hubploy_dagster.registry import IDENTITY_TOKEN_USERNAME, credentials_from_docker_config
+from hubploy_dagster.registry import IDENTITY_TOKEN_USERNAME, ImageName, credentials_from_docker_config
 from hubploy_dagster.repo import Snapshot
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
 from hubploy_dagster.tools import find_tool
@@ -108,7 +108,8 @@ def _provider_login(
         ):
             env["CLOUDSDK_CONFIG"] = str(gcloud_config)
             _run([gcloud, "auth", "activate-service-account", f"--key-file={key_file}"], env, masker, "gcloud login")
-            _run([gcloud, "auth", "configure-docker", "--quiet"], env, masker, "gcloud configure-docker")
+            hosts = ",".join(sorted({ImageName.parse(image.name).host for image in hub.images()}))
+            _run([gcloud, "auth", "configure-docker", hosts, "--quiet"], env, masker, "gcloud configure-docker")
             yield
     elif registry.aws is not None:
         aws = registry.aws
@@ -139,3 +140,83 @@ def _provider_login(
                 _run(login, env, masker, "az login")
                 _run([az, "acr", "login", "--name", azure.registry], env, masker, "az acr login")
                 yield
+
+
+@dataclass(frozen=True)
+class ClusterLogin:
+    """Where helm and the kubernetes client find the cluster: the environment to run them with, and a context."""
+
+    env: dict[str, str]
+    kube_context: str | None
+
+    @property
+    def kubeconfig(self) -> str | None:
+        return self.env.get("KUBECONFIG")
+
+
+@contextmanager
+def cluster_login(hub: Hub, snapshot: Snapshot, namespace: str, sops: Sops, masker: Masker) -> Iterator[ClusterLogin]:
+    """Credentials for the hub's cluster in a private KUBECONFIG, for the length of the block only.
+
+    A hub without a `cluster` block deploys to the current kubeconfig context (KUBECONFIG or ~/.kube/config).
+    """
+    cluster = hub.config.cluster
+    env = dict(os.environ)
+    if cluster is None:
+        yield ClusterLogin(env, None)
+        return
+    key = f"cluster.{cluster.provider}"
+    if cluster.kubeconfig is not None:
+        settings = cluster.kubeconfig
+        with _hub_secret(hub, snapshot, settings.filename, f"{key}.filename", sops, masker) as kubeconfig:
+            context = settings.context.format(namespace=namespace) if settings.context else None
+            yield ClusterLogin({**env, "KUBECONFIG": str(kubeconfig)}, context)
+        return
+    with private_dir("hubploy-kube-") as folder:
+        env["KUBECONFIG"] = str(folder / "kubeconfig")
+        purpose = f"cluster login for hub {hub.name} (provider {cluster.provider})"
+        if cluster.gcloud is not None:
+            gke = cluster.gcloud
+            gcloud = find_tool("gcloud", purpose)
+            env["CLOUDSDK_CONFIG"] = str(folder / "gcloud")
+            with ExitStack() as stack:
+                if gke.service_key:
+                    key_file = stack.enter_context(
+                        _hub_secret(hub, snapshot, gke.service_key, f"{key}.service_key", sops, masker)
+                    )
+                    _run([gcloud, "auth", "activate-service-account", f"--key-file={key_file}"], env, masker, purpose)
+                credentials = [gcloud, "container", "clusters", f"--zone={gke.zone}", f"--project={gke.project}"]
+                _run([*credentials, "get-credentials", gke.cluster], env, masker, purpose)
+                yield ClusterLogin(env, None)
+        elif cluster.aws is not None:
+            eks = cluster.aws
+            aws = find_tool("aws", purpose)
+            for name in [n for n in env if n.startswith("AWS_")]:  # only this hub's credentials, never ambient ones
+                del env[name]
+            env["AWS_REGION"] = eks.region
+            with ExitStack() as stack:
+                if eks.role_arn:
+                    profile = folder / "aws-config"
+                    profile.write_text(f"[default]\nrole_arn = {eks.role_arn}\ncredential_source = Environment\n")
+                    env["AWS_CONFIG_FILE"] = str(profile)
+                else:
+                    creds = stack.enter_context(
+                        _hub_secret(hub, snapshot, eks.service_key or "", f"{key}.service_key", sops, masker)
+                    )
+                    env["AWS_SHARED_CREDENTIALS_FILE"] = str(creds)
+                update = [aws, "eks", "update-kubeconfig", "--name", eks.cluster, "--region", eks.region]
+                _run([*update, "--kubeconfig", env["KUBECONFIG"]], env, masker, purpose)
+                yield ClusterLogin(env, None)
+        elif cluster.azure is not None:
+            aks = cluster.azure
+            az = find_tool("az", purpose)
+            env["AZURE_CONFIG_DIR"] = str(folder / "azure")
+            with _hub_secret(hub, snapshot, aks.auth_file, f"{key}.auth_file", sops, masker) as auth_file:
+                principal = json.loads(auth_file.read_text())
+                login = [az, "login", "--service-principal", "--username", principal["appId"]]
+                _run(
+                    [*login, "--password", principal["password"], "--tenant", principal["tenant"]], env, masker, purpose
+                )
+            get = [az, "aks", "get-credentials", "--name", aks.cluster, "--resource-group", aks.resource_group]
+            _run([*get, "--file", env["KUBECONFIG"]], env, masker, purpose)
+            yield ClusterLogin(env, None)

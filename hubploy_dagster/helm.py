@@ -1,0 +1,179 @@
+"""helm, exactly as hubploy drives it: the argument list, the chart's dependencies, and reading releases back.
+
+hubploy's command, kept flag for flag and in its order:
+`helm upgrade --wait --install --namespace NS RELEASE CHART [--kube-context C] [--version V] [--timeout T]
+[--force] [--atomic] [--cleanup-on-fail] [--debug] [--dry-run] -f common -f env -f secrets... --set ...
+--set-string ...`, then each image's `--set-string <path>.tag=` and `<path>.name=` last, so they win.
+Our only addition is the hub's `helm.extra_args`, after everything hubploy passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.secrets import Masker
+from hubploy_dagster.tools import find_tool
+
+CHART_CACHE_ENV = "HUBPLOY_CHART_CACHE"
+
+
+class HelmError(HubployError):
+    """helm refused or failed; the message carries helm's own words, with secret values masked."""
+
+
+@dataclass(frozen=True)
+class ImageValue:
+    helm_path: str
+    name: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class UpgradeRequest:
+    release: str
+    namespace: str
+    chart: Path
+    values_files: list[Path] = field(default_factory=list)
+    set_values: list[str] = field(default_factory=list)
+    set_string_values: list[str] = field(default_factory=list)
+    images: list[ImageValue] = field(default_factory=list)
+    kube_context: str | None = None
+    version: str | None = None
+    timeout: str | None = None
+    force: bool = False
+    atomic: bool = False
+    cleanup_on_fail: bool = False
+    debug: bool = False
+    dry_run: bool = False
+    extra_args: list[str] = field(default_factory=list)
+
+    def value_args(self) -> list[str]:
+        """Values in hubploy's order: files, --set, --set-string, then the images (which win)."""
+        args: list[str] = []
+        for path in self.values_files:
+            args += ["-f", str(path)]
+        for value in self.set_values:
+            args += ["--set", value]
+        for value in self.set_string_values:
+            args += ["--set-string", value]
+        for image in self.images:
+            args += ["--set-string", f"{image.helm_path}.tag={image.tag}"]
+            args += ["--set-string", f"{image.helm_path}.name={image.name}"]
+        return args
+
+    def upgrade_args(self) -> list[str]:
+        args = ["upgrade", "--wait", "--install", "--namespace", self.namespace, self.release, str(self.chart)]
+        if self.kube_context:
+            args += ["--kube-context", self.kube_context]
+        if self.version:
+            args += ["--version", self.version]
+        if self.timeout:
+            args += ["--timeout", self.timeout]
+        flags = [
+            (self.force, "--force"),
+            (self.atomic, "--atomic"),
+            (self.cleanup_on_fail, "--cleanup-on-fail"),
+            (self.debug, "--debug"),
+            (self.dry_run, "--dry-run"),
+        ]
+        args += [flag for enabled, flag in flags if enabled]
+        return args + self.value_args() + list(self.extra_args)
+
+    def template_args(self) -> list[str]:
+        """`helm template` with the same values: the chart's schema is checked before anything is upgraded."""
+        args = ["template", self.release, str(self.chart), "--namespace", self.namespace]
+        if self.kube_context:
+            args += ["--kube-context", self.kube_context]
+        return args + self.value_args()
+
+    def values_digest(self) -> str:
+        """A digest of every value that goes into the release (files' content and --set arguments), never the values."""
+        digest = hashlib.sha256()
+        for path in self.values_files:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update("\0".join(self.value_args()[2 * len(self.values_files) :]).encode())
+        return f"sha256:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Helm:
+    """Runs helm with a given environment (KUBECONFIG, HELM_DRIVER...), masking secrets in what it prints."""
+
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    masker: Masker = field(default_factory=Masker)
+    log: Callable[[str], None] = lambda line: None
+
+    def run(self, args: list[str], purpose: str, quiet: bool = False) -> str:
+        binary = find_tool("helm", purpose)
+        result = subprocess.run([binary, *args], env=dict(self.env), capture_output=True, text=True, check=False)
+        if not quiet:
+            for line in self.masker(result.stdout).splitlines():
+                self.log(line)
+        if result.returncode != 0:
+            detail = self.masker(result.stderr.strip() or result.stdout.strip())
+            raise HelmError(f"{purpose} failed: {detail}")
+        return result.stdout
+
+    def status(self, release: str, namespace: str, kube_context: str | None = None) -> dict[str, Any] | None:
+        """`helm status -o json`, or None when there is no such release."""
+        args = ["status", release, "--namespace", namespace, "-o", "json"]
+        if kube_context:
+            args += ["--kube-context", kube_context]
+        try:
+            return json.loads(self.run(args, f"helm status {release}", quiet=True))
+        except HelmError as exc:
+            if "release: not found" in str(exc):
+                return None
+            raise
+
+    def history(self, release: str, namespace: str) -> list[dict[str, Any]]:
+        output = self.run(["history", release, "--namespace", namespace, "-o", "json"], "helm history", quiet=True)
+        return json.loads(output)
+
+
+def chart_dependencies(chart: Path) -> list[dict[str, Any]]:
+    data = yaml.safe_load((chart / "Chart.yaml").read_text()) or {}
+    return [d for d in data.get("dependencies") or [] if isinstance(d, dict)]
+
+
+def chart_cache_dirs() -> list[Path]:
+    """Folders holding chart archives (`<name>-<version>.tgz`) to use instead of downloading them."""
+    return [Path(p) for p in os.environ.get(CHART_CACHE_ENV, "").split(os.pathsep) if p]
+
+
+def prepare_dependencies(chart: Path, helm: Helm) -> str:
+    """Put the chart's dependencies in charts/: from the archive cache when there, else `helm dependency update`.
+
+    Returns how they were obtained, for the record. hubploy ran `helm dep up` (network) on every deploy; an
+    archive already at hand makes the deploy work offline and faster.
+    """
+    dependencies = chart_dependencies(chart)
+    if not dependencies:
+        return "none"
+    charts_dir = chart / "charts"
+    charts_dir.mkdir(exist_ok=True)
+    missing = []
+    for dependency in dependencies:
+        archive = f"{dependency['name']}-{dependency['version']}.tgz"
+        if (charts_dir / archive).exists():
+            continue
+        cached = next((d / archive for d in chart_cache_dirs() if (d / archive).exists()), None)
+        if cached is None:
+            missing.append(archive)
+        else:
+            shutil.copyfile(cached, charts_dir / archive)
+    if not missing:
+        return "cached"
+    helm.run(["dependency", "update", str(chart)], f"helm dependency update (for {', '.join(missing)})")
+    return "downloaded"

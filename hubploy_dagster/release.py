@@ -1,0 +1,239 @@
+"""`hubploy deploy <hub> <chart> <env>` at one commit: the code the release assets and the CLI both run.
+
+Order of work, so that bad input fails before the cluster is touched: the images must be in the registry
+(a deploy never builds: prod in particular only ever runs what staging built), the chart and values are
+read at the pinned commit, secrets are decrypted into a private folder, `helm template` checks the values
+against the chart's schema, and only then are the namespace and the release changed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import urllib3
+
+from hubploy_dagster.cloud import ClusterLogin, cluster_login, registry_login
+from hubploy_dagster.deployment import Deployment, Hub
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.helm import Helm, ImageValue, UpgradeRequest, prepare_dependencies
+from hubploy_dagster.registry import RegistryClient
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
+from hubploy_dagster.tags import ImageTagIndex
+
+
+class ClusterError(HubployError):
+    """The cluster cannot be reached or refused a request; names the API server."""
+
+
+class ImageMissingError(HubployError):
+    """A release needs an image tag that is not in the registry: deploys never build."""
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """hubploy's `deploy` flags; None or False leave the hub's own `helm` settings in force."""
+
+    chart: str | None = None
+    namespace: str | None = None
+    set_values: list[str] = field(default_factory=list)
+    set_string_values: list[str] = field(default_factory=list)
+    version: str | None = None
+    timeout: str | None = None
+    force: bool = False
+    atomic: bool = False
+    cleanup_on_fail: bool = False
+    dry_run: bool = False
+    helm_debug: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    hub: str
+    env: str
+    git_sha: str
+    release: str
+    namespace: str
+    revision: int | None
+    status: str
+    chart_name: str
+    chart_version: str
+    images: list[str]
+    values_digest: str
+    seconds: float
+    url: str | None
+    dependencies: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "git_sha": self.git_sha,
+            "release": self.release,
+            "namespace": self.namespace,
+            "helm_revision": self.revision,
+            "helm_status": self.status,
+            "chart": f"{self.chart_name}-{self.chart_version}",
+            "image": ", ".join(self.images),
+            "values_digest": self.values_digest,
+            "duration_seconds": self.seconds,
+        }
+
+
+def refuse_secret_printing(options: DeployOptions) -> None:
+    """hubploy's guard: --dry-run and helm --debug print decrypted values; never in CI, and locally on request only."""
+    if not (options.dry_run or options.helm_debug):
+        return
+    if os.environ.get("CI"):
+        raise HubployError("--dry-run and --helm-debug print secret values in plain text: refused because CI is set")
+    if not os.environ.get("HUBPLOY_LOCAL_DEBUG"):
+        raise HubployError(
+            "--dry-run and --helm-debug print secret values in plain text: set HUBPLOY_LOCAL_DEBUG=1 to allow it here"
+        )
+
+
+def hub_images(repo: DeploymentRepo, deployment: Deployment, hub: Hub) -> list[ImageValue]:
+    folders = [hub.image_dir(image) for image in hub.images()]
+    tags = ImageTagIndex(repo).tags(deployment.sha, folders)
+    values = []
+    for image, folder in zip(hub.images(), folders, strict=True):
+        tag = tags[folder]
+        if tag is None:
+            raise HubployError(f"{deployment.snapshot.describe(folder)}: no commit touches the image folder")
+        values.append(ImageValue(image.helm_substitution_path, image.name, tag))
+    return values
+
+
+def require_images_in_registry(
+    deployment: Deployment, hub: Hub, images: list[ImageValue], env: str, sops: Sops, masker: Masker
+) -> None:
+    with registry_login(hub, deployment.snapshot, sops, masker) as login:
+        registry = RegistryClient(login.credentials)
+        missing = [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
+    if missing:
+        raise ImageMissingError(
+            f"{', '.join(missing)} not in the registry: the {env} release of {hub.name} at {deployment.sha[:7]} "
+            "needs it, and deploys never build (materialize the hub's image first; prod only runs what staging built)"
+        )
+
+
+def extract_folder(repo: DeploymentRepo, sha: str, folder: str, target: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(repo.archive(sha, folder))) as archive:
+        archive.extractall(target, filter="data")
+    return target
+
+
+def ensure_namespace(login: ClusterLogin, namespace: str) -> None:
+    """hubploy creates the namespace through the API when it answers 404 (not helm's --create-namespace)."""
+    config = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(
+        config_file=login.kubeconfig, context=login.kube_context, client_configuration=config
+    )
+    config.retries = urllib3.Retry(total=1, connect=1, backoff_factor=0.2)
+    with kubernetes.client.ApiClient(config) as client:
+        api = kubernetes.client.CoreV1Api(client)
+        try:
+            api.read_namespace(namespace, _request_timeout=15)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise ClusterError(
+                    f"cluster {config.host} refused reading namespace {namespace}: {exc.reason}"
+                ) from None
+            body = kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=namespace))
+            api.create_namespace(body, _request_timeout=15)
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise ClusterError(
+                f"cluster {config.host} is unreachable: {reason}. Point KUBECONFIG (or the hub's cluster block) "
+                "at a reachable cluster"
+            ) from None
+
+
+def deploy_hub(
+    repo: DeploymentRepo,
+    deployment: Deployment,
+    hub: Hub,
+    env: str,
+    sops: Sops,
+    options: DeployOptions,
+    log: Callable[[str], None],
+    masker: Masker | None = None,
+) -> ReleaseResult:
+    refuse_secret_printing(options)
+    masker = masker or Masker()
+    started = time.monotonic()
+    snapshot = deployment.snapshot
+    images = hub_images(repo, deployment, hub)
+    require_images_in_registry(deployment, hub, images, env, sops, masker)
+    namespace = options.namespace or hub.namespace(env)
+    settings = hub.config.helm
+    values_files = deployment.values_files(hub, env)
+    with private_dir("hubploy-deploy-") as workdir:
+        chart_path = options.chart or hub.config.chart
+        if not snapshot.is_dir(chart_path):
+            raise HubployError(f"chart folder {chart_path} does not exist at {deployment.sha[:7]}")
+        chart = extract_folder(repo, deployment.sha, chart_path, workdir / "chart")
+        plain = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if not f.secret]
+        secret = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if f.secret]
+        with (
+            decrypted_files(secret, sops, masker, hub.config.secrets.encryption) as secret_paths,
+            cluster_login(hub, snapshot, namespace, sops, masker) as login,
+        ):
+            plain_paths = []
+            for index, (_, content) in enumerate(plain):
+                path = workdir / f"values-{index}.yaml"
+                path.write_bytes(content)
+                plain_paths.append(path)
+            request = UpgradeRequest(
+                release=hub.release_name(env),
+                namespace=namespace,
+                chart=chart,
+                values_files=plain_paths + secret_paths,
+                set_values=options.set_values,
+                set_string_values=options.set_string_values,
+                images=images,
+                kube_context=login.kube_context,
+                version=options.version,
+                timeout=options.timeout or settings.timeout,
+                force=options.force or settings.force,
+                atomic=options.atomic or settings.atomic,
+                cleanup_on_fail=options.cleanup_on_fail or settings.cleanup_on_fail,
+                debug=options.helm_debug,
+                dry_run=options.dry_run,
+                extra_args=settings.extra_args,
+            )
+            helm = Helm(env=login.env, masker=masker, log=log)
+            dependencies = prepare_dependencies(chart, helm)
+            log(f"checking the values of {request.release} against chart {chart_path} (helm template)")
+            helm.run(
+                request.template_args(), f"helm template of {hub.name} ({env}) at {deployment.sha[:7]}", quiet=True
+            )
+            if not options.dry_run:
+                ensure_namespace(login, namespace)
+            log(f"helm upgrade --install {request.release} in namespace {namespace} at {deployment.sha[:7]}")
+            helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {namespace}")
+            status = None if options.dry_run else helm.status(request.release, namespace, login.kube_context)
+            digest = request.values_digest()
+    chart_info = (status or {}).get("chart", {}).get("metadata", {}) if status else {}
+    return ReleaseResult(
+        hub=hub.name,
+        env=env,
+        git_sha=deployment.sha,
+        release=request.release,
+        namespace=namespace,
+        revision=(status or {}).get("version"),
+        status=(status or {}).get("info", {}).get("status", "dry-run" if options.dry_run else "unknown"),
+        chart_name=chart_info.get("name", ""),
+        chart_version=chart_info.get("version", ""),
+        images=[f"{i.name}:{i.tag}" for i in images],
+        values_digest=digest,
+        seconds=round(time.monotonic() - started, 3),
+        url=hub.url(env),
+        dependencies=dependencies,
+    )
