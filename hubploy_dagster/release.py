@@ -12,7 +12,8 @@ import io
 import os
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,99 @@ def ensure_namespace(login: ClusterLogin, namespace: str) -> None:
             ) from None
 
 
+@dataclass(frozen=True)
+class PreparedRelease:
+    """Everything a helm command for one hub needs, valid only inside `prepared_release`'s block."""
+
+    request: UpgradeRequest
+    helm: Helm
+    login: ClusterLogin
+    chart_path: str
+    dependencies: str
+    images: list[ImageValue]
+
+
+@contextmanager
+def prepared_release(
+    repo: DeploymentRepo,
+    deployment: Deployment,
+    hub: Hub,
+    env: str,
+    sops: Sops,
+    options: DeployOptions,
+    log: Callable[[str], None],
+    masker: Masker,
+    images: list[ImageValue],
+    with_cluster: bool = True,
+) -> Iterator[PreparedRelease]:
+    """The chart and values as committed, secrets decrypted, cluster credentials active: all gone afterwards."""
+    snapshot = deployment.snapshot
+    namespace = options.namespace or hub.namespace(env)
+    settings = hub.config.helm
+    values_files = deployment.values_files(hub, env)
+    chart_path = options.chart or hub.config.chart
+    if not snapshot.is_dir(chart_path):
+        raise HubployError(f"chart folder {chart_path} does not exist at {deployment.sha[:7]}")
+    plain = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if not f.secret]
+    secret = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if f.secret]
+    with ExitStack() as stack:
+        workdir = stack.enter_context(private_dir("hubploy-deploy-"))
+        chart = extract_folder(repo, deployment.sha, chart_path, workdir / "chart")
+        secret_paths = stack.enter_context(decrypted_files(secret, sops, masker, hub.config.secrets.encryption))
+        login = (
+            stack.enter_context(cluster_login(hub, snapshot, namespace, sops, masker))
+            if with_cluster
+            else ClusterLogin(dict(os.environ), None)
+        )
+        plain_paths = []
+        for index, (_, content) in enumerate(plain):
+            path = workdir / f"values-{index}.yaml"
+            path.write_bytes(content)
+            plain_paths.append(path)
+        request = UpgradeRequest(
+            release=hub.release_name(env),
+            namespace=namespace,
+            chart=chart,
+            values_files=plain_paths + secret_paths,
+            set_values=options.set_values,
+            set_string_values=options.set_string_values,
+            images=images,
+            kube_context=login.kube_context,
+            version=options.version,
+            timeout=options.timeout or settings.timeout,
+            force=options.force or settings.force,
+            atomic=options.atomic or settings.atomic,
+            cleanup_on_fail=options.cleanup_on_fail or settings.cleanup_on_fail,
+            debug=options.helm_debug,
+            dry_run=options.dry_run,
+            extra_args=settings.extra_args,
+        )
+        helm = Helm(env=login.env, masker=masker, log=log)
+        dependencies = prepare_dependencies(chart, helm)
+        yield PreparedRelease(request, helm, login, chart_path, dependencies, images)
+
+
+def render_hub(
+    repo: DeploymentRepo,
+    deployment: Deployment,
+    hub: Hub,
+    env: str,
+    sops: Sops,
+    log: Callable[[str], None],
+    masker: Masker,
+) -> str:
+    """`helm template` of the hub's release at this commit: checks the values against the chart's schema.
+
+    The rendered manifests contain secret values: callers mask them before showing anything.
+    """
+    images = hub_images(repo, deployment, hub)
+    with prepared_release(
+        repo, deployment, hub, env, sops, DeployOptions(), log, masker, images, with_cluster=False
+    ) as prepared:
+        purpose = f"helm template of {hub.name} ({env}) at {deployment.sha[:7]} with chart {prepared.chart_path}"
+        return prepared.helm.run(prepared.request.template_args(), purpose, quiet=True)
+
+
 def deploy_hub(
     repo: DeploymentRepo,
     deployment: Deployment,
@@ -168,65 +262,25 @@ def deploy_hub(
     refuse_secret_printing(options)
     masker = masker or Masker()
     started = time.monotonic()
-    snapshot = deployment.snapshot
     images = hub_images(repo, deployment, hub)
     require_images_in_registry(deployment, hub, images, env, sops, masker)
-    namespace = options.namespace or hub.namespace(env)
-    settings = hub.config.helm
-    values_files = deployment.values_files(hub, env)
-    with private_dir("hubploy-deploy-") as workdir:
-        chart_path = options.chart or hub.config.chart
-        if not snapshot.is_dir(chart_path):
-            raise HubployError(f"chart folder {chart_path} does not exist at {deployment.sha[:7]}")
-        chart = extract_folder(repo, deployment.sha, chart_path, workdir / "chart")
-        plain = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if not f.secret]
-        secret = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if f.secret]
-        with (
-            decrypted_files(secret, sops, masker, hub.config.secrets.encryption) as secret_paths,
-            cluster_login(hub, snapshot, namespace, sops, masker) as login,
-        ):
-            plain_paths = []
-            for index, (_, content) in enumerate(plain):
-                path = workdir / f"values-{index}.yaml"
-                path.write_bytes(content)
-                plain_paths.append(path)
-            request = UpgradeRequest(
-                release=hub.release_name(env),
-                namespace=namespace,
-                chart=chart,
-                values_files=plain_paths + secret_paths,
-                set_values=options.set_values,
-                set_string_values=options.set_string_values,
-                images=images,
-                kube_context=login.kube_context,
-                version=options.version,
-                timeout=options.timeout or settings.timeout,
-                force=options.force or settings.force,
-                atomic=options.atomic or settings.atomic,
-                cleanup_on_fail=options.cleanup_on_fail or settings.cleanup_on_fail,
-                debug=options.helm_debug,
-                dry_run=options.dry_run,
-                extra_args=settings.extra_args,
-            )
-            helm = Helm(env=login.env, masker=masker, log=log)
-            dependencies = prepare_dependencies(chart, helm)
-            log(f"checking the values of {request.release} against chart {chart_path} (helm template)")
-            helm.run(
-                request.template_args(), f"helm template of {hub.name} ({env}) at {deployment.sha[:7]}", quiet=True
-            )
-            if not options.dry_run:
-                ensure_namespace(login, namespace)
-            log(f"helm upgrade --install {request.release} in namespace {namespace} at {deployment.sha[:7]}")
-            helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {namespace}")
-            status = None if options.dry_run else helm.status(request.release, namespace, login.kube_context)
-            digest = request.values_digest()
-    chart_info = (status or {}).get("chart", {}).get("metadata", {}) if status else {}
+    with prepared_release(repo, deployment, hub, env, sops, options, log, masker, images) as prepared:
+        request, helm, login = prepared.request, prepared.helm, prepared.login
+        log(f"checking the values of {request.release} against chart {prepared.chart_path} (helm template)")
+        helm.run(request.template_args(), f"helm template of {hub.name} ({env}) at {deployment.sha[:7]}", quiet=True)
+        if not options.dry_run:
+            ensure_namespace(login, request.namespace)
+        log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {deployment.sha[:7]}")
+        helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
+        status = None if options.dry_run else helm.status(request.release, request.namespace, login.kube_context)
+        digest = request.values_digest()
+    chart_info = (status or {}).get("chart", {}).get("metadata", {})
     return ReleaseResult(
         hub=hub.name,
         env=env,
         git_sha=deployment.sha,
         release=request.release,
-        namespace=namespace,
+        namespace=request.namespace,
         revision=(status or {}).get("version"),
         status=(status or {}).get("info", {}).get("status", "dry-run" if options.dry_run else "unknown"),
         chart_name=chart_info.get("name", ""),
@@ -235,5 +289,5 @@ def deploy_hub(
         values_digest=digest,
         seconds=round(time.monotonic() - started, 3),
         url=hub.url(env),
-        dependencies=dependencies,
+        dependencies=prepared.dependencies,
     )

@@ -11,6 +11,7 @@ whatever happens inside it; the values are collected so that logs and errors can
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -83,7 +84,11 @@ class Masker:
     values: set[str] = field(default_factory=set)
 
     def add(self, values: Iterable[str]) -> None:
-        self.values.update(v for v in values if len(v) >= MIN_MASKED_LENGTH)
+        """A value and its base64 form: Kubernetes Secret manifests carry values base64-encoded."""
+        for value in values:
+            if len(value) >= MIN_MASKED_LENGTH:
+                self.values.add(value)
+                self.values.add(base64.b64encode(value.encode()).decode())
 
     def add_file_values(self, content: bytes) -> None:
         self.add(_leaf_strings(_parse(content)))

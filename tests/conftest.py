@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import git
 import pytest
 
 from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.tools import find_tool
 
 pytest_plugins = ["services.registry"]
 
@@ -114,3 +117,32 @@ def example_repo(repo_builder: RepoBuilder) -> RepoBuilder:
     repo_builder.commit("bundled example")
     repo_builder.branch("prod")
     return repo_builder
+
+
+JUPYTERHUB_CHART_VERSION = "3.3.8"
+
+
+@pytest.fixture(scope="session")
+def jupyterhub_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged jupyterhub chart: JUPYTERHUB_CHART_TGZ, by default the shared copy beside the project.
+
+    Where neither exists, it is pulled from the public chart repository (machines with internet access).
+    """
+    default = PROJECT_ROOT.parent / "shared" / "charts" / f"jupyterhub-{JUPYTERHUB_CHART_VERSION}.tgz"
+    archive = Path(os.environ.get("JUPYTERHUB_CHART_TGZ", default))
+    if archive.exists():
+        return archive
+    target = tmp_path_factory.mktemp("chart-pull")
+    subprocess.run(
+        [find_tool("helm", "pulling the jupyterhub chart"), "pull", "jupyterhub", "--version", JUPYTERHUB_CHART_VERSION,
+         "--repo", "https://hub.jupyter.org/helm-chart/", "--destination", str(target)],
+        check=True,
+    )  # fmt: skip
+    return target / archive.name
+
+
+@pytest.fixture
+def chart_cache(jupyterhub_chart: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Deploys take the chart's dependency from this folder instead of downloading it."""
+    monkeypatch.setenv("HUBPLOY_CHART_CACHE", str(jupyterhub_chart.parent))
+    return jupyterhub_chart.parent

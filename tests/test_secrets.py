@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import tempfile
@@ -67,6 +68,8 @@ def test_values_are_masked_longest_first(tmp_path: Path):
     with decrypted_files([("s.yaml", content)], Sops(age_key_file=str(key)), masker):
         pass
     assert masker(f"helm said {CANARY} and {CANARY[:10]}") == f"helm said {MASK} and {MASK}"
+    encoded = base64.b64encode(CANARY.encode()).decode()
+    assert masker(f"data: {{token: {encoded}}}") == f"data: {{token: {MASK}}}"
     assert "True" not in masker.values and "true" not in masker.values
 
 
