@@ -18,21 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-import urllib3
-
 from hubploy_dagster.cloud import ClusterLogin, cluster_login, registry_login
 from hubploy_dagster.deployment import Deployment, Hub
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.helm import Helm, ImageValue, UpgradeRequest, prepare_dependencies
+from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
 from hubploy_dagster.tags import ImageTagIndex
-
-
-class ClusterError(HubployError):
-    """The cluster cannot be reached or refused a request; names the API server."""
 
 
 class ImageMissingError(HubployError):
@@ -128,32 +122,6 @@ def extract_folder(repo: DeploymentRepo, sha: str, folder: str, target: Path) ->
     with tarfile.open(fileobj=io.BytesIO(repo.archive(sha, folder))) as archive:
         archive.extractall(target, filter="data")
     return target
-
-
-def ensure_namespace(login: ClusterLogin, namespace: str) -> None:
-    """hubploy creates the namespace through the API when it answers 404 (not helm's --create-namespace)."""
-    config = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(
-        config_file=login.kubeconfig, context=login.kube_context, client_configuration=config
-    )
-    config.retries = urllib3.Retry(total=1, connect=1, backoff_factor=0.2)
-    with kubernetes.client.ApiClient(config) as client:
-        api = kubernetes.client.CoreV1Api(client)
-        try:
-            api.read_namespace(namespace, _request_timeout=15)
-        except kubernetes.client.ApiException as exc:
-            if exc.status != 404:
-                raise ClusterError(
-                    f"cluster {config.host} refused reading namespace {namespace}: {exc.reason}"
-                ) from None
-            body = kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=namespace))
-            api.create_namespace(body, _request_timeout=15)
-        except urllib3.exceptions.HTTPError as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ClusterError(
-                f"cluster {config.host} is unreachable: {reason}. Point KUBECONFIG (or the hub's cluster block) "
-                "at a reachable cluster"
-            ) from None
 
 
 @dataclass(frozen=True)
