@@ -137,9 +137,12 @@ class Helm:
                 return None
             raise
 
-    def history(self, release: str, namespace: str) -> list[dict[str, Any]]:
-        output = self.run(["history", release, "--namespace", namespace, "-o", "json"], "helm history", quiet=True)
-        return json.loads(output)
+    def history(self, release: str, namespace: str, kube_context: str | None = None) -> list[dict[str, Any]]:
+        """Revisions, oldest first: revision, status, chart (`name-version`), app_version, description."""
+        args = ["history", release, "--namespace", namespace, "-o", "json"]
+        if kube_context:
+            args += ["--kube-context", kube_context]
+        return json.loads(self.run(args, f"helm history {release}", quiet=True))
 
 
 def chart_dependencies(chart: Path) -> list[dict[str, Any]]:

@@ -59,8 +59,7 @@ class ReleaseResult:
     namespace: str
     revision: int | None
     status: str
-    chart_name: str
-    chart_version: str
+    chart: str
     images: list[str]
     values_digest: str
     seconds: float
@@ -74,7 +73,7 @@ class ReleaseResult:
             "namespace": self.namespace,
             "helm_revision": self.revision,
             "helm_status": self.status,
-            "chart": f"{self.chart_name}-{self.chart_version}",
+            "chart": self.chart,
             "image": ", ".join(self.images),
             "values_digest": self.values_digest,
             "duration_seconds": self.seconds,
@@ -240,19 +239,17 @@ def deploy_hub(
             ensure_namespace(login, request.namespace)
         log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {deployment.sha[:7]}")
         helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
-        status = None if options.dry_run else helm.status(request.release, request.namespace, login.kube_context)
+        latest = {} if options.dry_run else helm.history(request.release, request.namespace, login.kube_context)[-1]
         digest = request.values_digest()
-    chart_info = (status or {}).get("chart", {}).get("metadata", {})
     return ReleaseResult(
         hub=hub.name,
         env=env,
         git_sha=deployment.sha,
         release=request.release,
         namespace=request.namespace,
-        revision=(status or {}).get("version"),
-        status=(status or {}).get("info", {}).get("status", "dry-run" if options.dry_run else "unknown"),
-        chart_name=chart_info.get("name", ""),
-        chart_version=chart_info.get("version", ""),
+        revision=latest.get("revision"),
+        status=latest.get("status", "dry-run" if options.dry_run else "unknown"),
+        chart=latest.get("chart", ""),
         images=[f"{i.name}:{i.tag}" for i in images],
         values_digest=digest,
         seconds=round(time.monotonic() - started, 3),

