@@ -5,45 +5,26 @@ read as the operator thinks of them ("datahub / staging"), and the lineage is th
 """
 
 import json
-import re
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
 from hubploy_dagster.build import BuildPlan, build_hub_images
+from hubploy_dagster.checks import passed_staging, release_health_checks
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
+from hubploy_dagster.keys import ENVIRONMENTS, group_name, hub_pool, image_key, release_key, upstream_of
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.release import DeployOptions, deploy_hub
-from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
+from hubploy_dagster.resources import (
+    TAG_PROMOTION_OVERRIDE,
+    DeploymentRepoResource,
+    DockerEngineResource,
+    SopsResource,
+)
 from hubploy_dagster.secrets import Masker
-
-ENVIRONMENTS = ("staging", "prod")
-
-
-def group_name(hub_name: str) -> str:
-    """Dagster group names allow only letters, digits and underscores; hub names often have dashes."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", hub_name)
-
-
-def image_key(hub_name: str) -> dg.AssetKey:
-    return dg.AssetKey([hub_name, "image"])
-
-
-def release_key(hub_name: str, env: str) -> dg.AssetKey:
-    return dg.AssetKey([hub_name, env])
-
-
-def upstream_of(env: str) -> str:
-    """prod promotes what staging ran; staging deploys the image."""
-    index = ENVIRONMENTS.index(env)
-    return "image" if index == 0 else ENVIRONMENTS[index - 1]
-
-
-def hub_pool(hub_name: str) -> str:
-    """One concurrency pool per hub: two steps touching the same hub never run at once."""
-    return f"hub-{hub_name}"
 
 
 def image_metadata(sha: str, results: list[ImageResult]) -> dict[str, Any]:
@@ -128,20 +109,21 @@ def image_in_registry_check(hub: Hub) -> dg.AssetChecksDefinition:
     return _check
 
 
-def hub_assets(hub: Hub) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
-    """Everything one hub contributes to the code location."""
-    return [image_asset(hub), *(release_asset(hub, env) for env in ENVIRONMENTS)], [image_in_registry_check(hub)]
-
-
 def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
-    """`helm upgrade --install` of the hub in one environment at the run's commit."""
+    """`helm upgrade --install` of the hub in one environment at the run's commit.
+
+    Past the first environment, the promotion gate applies: the same hub configuration (compared by
+    content) must have passed its staging checks, unless the run carries an override tag, which is recorded.
+    """
+    key = release_key(hub.name, env)
 
     @dg.asset(
-        key=release_key(hub.name, env),
+        key=key,
         deps=[dg.AssetKey([hub.name, upstream_of(env)])],
         group_name=group_name(hub.name),
         kinds={"helm", "kubernetes"},
         pool=hub_pool(hub.name),
+        output_required=False,
         description=f"The {env} Helm release of hub {hub.name}.",
         metadata={
             "release": hub.release_name(env),
@@ -151,15 +133,43 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
     )
     def _release(
         context: dg.AssetExecutionContext, deployment_repo: DeploymentRepoResource, sops: SopsResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         repo = deployment_repo.open()
         sha = deployment_repo.pinned_commit(context, env)
         deployment = load_deployment(repo.snapshot(sha))
         current = deployment.hub(hub.name)
+        fingerprint = deployment.fingerprint(current)
+        gate: dict[str, Any] = {}
+        if env != ENVIRONMENTS[0] and not passed_staging(context.instance, hub.name, fingerprint):
+            override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
+            reason = (
+                f"hub {hub.name} at {sha[:7]} (configuration {fingerprint[:12]}) never passed its "
+                f"{ENVIRONMENTS[0]} checks"
+            )
+            if not override:
+                context.log.warning(f"not promoting to {env}: {reason} (run tag {TAG_PROMOTION_OVERRIDE} overrides)")
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=key,
+                        metadata={"promotion": "refused", "reason": reason, "git_sha": sha, "fingerprint": fingerprint},
+                    )
+                )
+                return
+            context.log.warning(f"promoting to {env} although {reason}: overridden by run tag ({override})")
+            gate = {"promotion_override": override}
         result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
-        metadata: dict[str, Any] = {**result.metadata(), "fingerprint": deployment.fingerprint(current)}
+        metadata: dict[str, Any] = {**result.metadata(), "fingerprint": fingerprint, **gate}
         if result.url:
             metadata["url"] = dg.MetadataValue.url(result.url)
-        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(deployment.fingerprint(current)))
+        yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))
 
     return _release
+
+
+def hub_assets(hub: Hub) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
+    """Everything one hub contributes to the code location."""
+    health = [check for env in ENVIRONMENTS if (check := release_health_checks(hub, env)) is not None]
+    return [image_asset(hub), *(release_asset(hub, env) for env in ENVIRONMENTS)], [
+        image_in_registry_check(hub),
+        *health,
+    ]

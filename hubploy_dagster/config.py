@@ -219,11 +219,23 @@ class CheckSettings(Strict):
     retries: int = Field(2, ge=0)
 
 
+class UserServerCheckSettings(CheckSettings):
+    enabled: bool = False
+    timeout_seconds: int = Field(600, gt=0)
+    username: NonEmpty = "hubploy-health-check"
+    token_values_path: NonEmpty = Field(
+        "jupyterhub.hub.services.hubploy-health.apiToken",
+        description="Where in the hub's decrypted secrets/<env>.yaml the admin service token is",
+    )
+
+
 class HealthSettings(Strict):
+    """The checks run after each release; hub_api and test_user need the environment's `url`."""
+
     release: CheckSettings = CheckSettings()
     workloads: CheckSettings = CheckSettings()
     hub_api: CheckSettings = CheckSettings()
-    test_user: CheckSettings = CheckSettings(enabled=False, timeout_seconds=600)
+    test_user: UserServerCheckSettings = UserServerCheckSettings()
 
 
 class SecretsSettings(Strict):

@@ -10,9 +10,10 @@ import os
 
 import dagster as dg
 
-from hubploy_dagster.assets import group_name, hub_assets
+from hubploy_dagster.assets import hub_assets
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.errors import ConfigError
+from hubploy_dagster.keys import group_name
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 

@@ -22,6 +22,7 @@ TAG_HUB = "hub"
 TAG_ENV = "env"
 TAG_GIT_SHA = "git_sha"
 TAG_BRANCH = "branch"
+TAG_PROMOTION_OVERRIDE = "promotion_override"  # its value: who overrode the gate and why
 
 
 class DockerEngineError(HubployError):

@@ -15,7 +15,7 @@ import pytest
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.tools import find_tool
 
-pytest_plugins = ["services.registry", "services.postgres", "services.cluster", "services.jupyterhub"]
+pytest_plugins = ["services.registry", "services.postgres", "services.cluster", "services.jupyterhub", "services.lab"]
 
 
 class RepoBuilder:

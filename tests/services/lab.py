@@ -1,0 +1,194 @@
+"""`lab`: a deployment repository with one hub on the real umbrella chart, and the emulated cluster to deploy to.
+
+Used by the release, health-check and promotion tests. The Kubernetes API server is the kmock emulator
+(tests/services/cluster.py); helm stores releases in a real PostgreSQL; images live in a real registry.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import PROJECT_ROOT, RepoBuilder
+
+from hubploy_dagster.assets import hub_assets
+from hubploy_dagster.deployment import Hub, load_deployment
+from hubploy_dagster.helm import Helm
+from hubploy_dagster.keys import release_key
+from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
+from hubploy_dagster.tags import ImageTagIndex
+from hubploy_dagster.tools import find_tool
+from services.registry import push_image
+
+CANARY = f"canary-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Run:
+    """A finished in-process run and the instance that recorded it."""
+
+    result: dg.ExecuteInProcessResult
+    instance: dg.DagsterInstance
+
+    @property
+    def success(self) -> bool:
+        return self.result.success
+
+    def materialized(self) -> list[str]:
+        return [e.asset_key.to_user_string() for e in self.result.get_asset_materialization_events() if e.asset_key]
+
+    def metadata(self, env: str = "staging") -> dict:
+        for event in self.result.get_asset_materialization_events():
+            materialization = event.materialization
+            if materialization.asset_key.path[-1] == env:
+                return {k: v.value for k, v in materialization.metadata.items()}
+        raise AssertionError(f"no {env} materialization in the run")
+
+    def checks(self) -> dict[str, dg.AssetCheckEvaluation]:
+        return {e.check_name: e for e in self.result.get_asset_check_evaluations()}
+
+    def observations(self) -> list[dict]:
+        return [
+            {k: v.value for k, v in e.asset_observation_data.asset_observation.metadata.items()}
+            for e in self.result.all_events
+            if e.event_type_value == "ASSET_OBSERVATION"
+        ]
+
+    def error(self) -> str:
+        error = self.result.get_step_failure_events()[0].step_failure_data.error
+        assert error is not None
+        while error.cause is not None:
+            error = error.cause
+        return error.message
+
+    def recorded(self) -> str:
+        return "\n".join(dg.serialize_value(record) for record in self.instance.all_logs(self.result.run_id))
+
+
+def encrypt(workdir: Path, recipient: str, plaintext: str) -> str:
+    path = workdir / f"plain-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(plaintext)
+    try:
+        command = [
+            find_tool("sops", "tests"),
+            "--encrypt",
+            "--age",
+            recipient,
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+        ]
+        return subprocess.run([*command, str(path)], check=True, capture_output=True, text=True).stdout
+    finally:
+        path.unlink()
+
+
+@dataclass
+class Lab:
+    builder: RepoBuilder
+    namespace: str
+    image: str
+    registry: object
+    cluster: object
+    age_key: Path
+    recipient: str
+    workdir: Path
+    instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
+
+    def configure(self, extra: str = "", token: str | None = None) -> str:
+        """Commit the hub's hubploy.yaml (our keys in `extra`) and its encrypted staging/prod secrets."""
+        secret = f"jupyterhub:\n  proxy:\n    secretToken: {CANARY}\n"
+        if token:
+            secret += f"  hub:\n    services:\n      hubploy-health:\n        apiToken: {token}\n"
+        config = (
+            f"images:\n  image_name: {self.image}\nchart: chart\n"
+            "helm: {timeout: 20s, atomic: true}\n"
+            "health: {workloads: {retries: 0}, release: {retries: 0}, hub_api: {retries: 0, timeout_seconds: 5}}\n"
+            + extra
+        )
+        files = {"hubs/lab/hubploy.yaml": config}
+        for env in ("staging", "prod"):
+            files[f"hubs/lab/secrets/{env}.yaml"] = encrypt(self.workdir, self.recipient, secret)
+        return self.builder.commit("configure lab", files)
+
+    def environments(self, staging_url: str | None = None, prod_url: str | None = None) -> str:
+        lines = ["environments:"]
+        for env, url in (("staging", staging_url), ("prod", prod_url)):
+            namespace = self.namespace if env == "staging" else f"{self.namespace}-prod"
+            lines.append(f"  {env}: {{namespace: {namespace}" + (f", url: '{url}'" if url else "") + "}")
+        return "\n".join(lines) + "\n"
+
+    def push_current_image(self) -> str:
+        repo = self.builder.open()
+        tag = ImageTagIndex(repo).tags("HEAD", ["hubs/lab/image"])["hubs/lab/image"]
+        assert tag is not None
+        push_image(self.registry, self.image.split("/", 1)[1], tag)
+        return tag
+
+    def hub(self) -> Hub:
+        """The hub as the code location defined it when it last loaded it (before a commit that broke it)."""
+        hub = load_deployment(self.builder.open().snapshot("HEAD")).hubs.get("lab")
+        return hub or load_deployment(self.builder.open().snapshot("HEAD~1")).hub("lab")
+
+    def materialize(
+        self, *envs: str, checks: bool = False, tags: dict[str, str] | None = None, checks_only: bool = False
+    ) -> Run:
+        envs = envs or ("staging",)
+        assets, asset_checks = hub_assets(self.hub())
+        keys = [release_key("lab", env) for env in envs]
+        if checks_only:
+            selection = dg.AssetSelection.checks_for_assets(*keys)
+        else:
+            selection = dg.AssetSelection.assets(*keys)
+            selection = selection if checks else selection.without_checks()
+        result = dg.materialize(
+            [*assets, *asset_checks],
+            selection=selection,
+            resources={
+                "deployment_repo": DeploymentRepoResource(source=str(self.builder.path)),
+                "docker_engine": DockerEngineResource(),
+                "sops": SopsResource(age_key_file=str(self.age_key)),
+            },
+            tags={"git_sha": self.builder.repo.head.commit.hexsha, **(tags or {})},
+            instance=self.instance,
+            raise_on_error=False,
+        )
+        return Run(result, self.instance)
+
+    def history(self, env: str = "staging") -> list[dict]:
+        namespace = self.namespace if env == "staging" else f"{self.namespace}-prod"
+        return Helm().history(f"lab-{env}", namespace)
+
+    def release_exists(self, env: str = "staging") -> bool:
+        namespace = self.namespace if env == "staging" else f"{self.namespace}-prod"
+        return Helm().status(f"lab-{env}", namespace) is not None
+
+
+@pytest.fixture
+def lab(repo_builder: RepoBuilder, registry, k8s_cluster, postgres, chart_cache, monkeypatch, tmp_path: Path) -> Lab:
+    for name, value in k8s_cluster.helm_env(postgres.create_database()).items():
+        monkeypatch.setenv(name, value)
+    key = tmp_path / "age.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    shutil.copytree(PROJECT_ROOT / "chart", repo_builder.path / "chart", ignore=shutil.ignore_patterns("charts"))
+    shutil.copytree(PROJECT_ROOT / "hubs/datahub/config", repo_builder.path / "hubs/lab/config")
+    repo_builder.write({"hubs/lab/image/Dockerfile": "FROM scratch\n"})
+    lab = Lab(
+        builder=repo_builder,
+        namespace=k8s_cluster.new_namespace_name("lab"),
+        image=f"{registry.host}/tests/lab-{uuid.uuid4().hex[:8]}",
+        registry=registry,
+        cluster=k8s_cluster,
+        age_key=key,
+        recipient=recipient,
+        workdir=tmp_path,
+    )
+    lab.configure(lab.environments())
+    return lab

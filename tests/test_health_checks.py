@@ -1,0 +1,118 @@
+"""Health checks after each release, the promotion gate and automatic rollback.
+
+The cluster is the kmock emulator (tests/services/cluster.py); the hub the API and test-user checks talk to
+is a real JupyterHub (tests/services/jupyterhub.py).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from services.lab import Lab
+
+pytestmark = pytest.mark.integration
+
+
+def dead_url() -> str:
+    """A loopback address where nothing listens: a hub that is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_every_check_passes_against_a_healthy_release_and_a_real_hub(lab: Lab, jupyterhub_server):
+    lab.configure(
+        lab.environments(staging_url=jupyterhub_server.url) + "health: {test_user: {enabled: true}}\n",
+        token=jupyterhub_server.token,
+    )
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        run = lab.materialize(checks=True)
+    assert run.success, run.error() if not run.success else ""
+    checks = run.checks()
+    assert set(checks) == {"release_deployed", "workloads_ready", "hub_api", "test_user_server"}
+    assert all(check.passed for check in checks.values()), {n: c.description for n, c in checks.items()}
+    assert checks["release_deployed"].description == "release lab-staging deployed at revision 1"
+    assert checks["hub_api"].metadata["version"].value
+    [healthy] = [o for o in run.observations() if "healthy_revision" in o]
+    assert healthy["healthy_revision"] == 1 and healthy["fingerprint"] == run.metadata()["fingerprint"]
+    assert jupyterhub_server.token not in run.recorded()
+
+
+def test_readiness_names_the_crash_looping_pod(lab: Lab):
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        assert lab.materialize().success
+    pods = lab.cluster.mark_crashloop(lab.namespace, "hub")
+    run = lab.materialize(checks_only=True)
+    workloads = run.checks()["workloads_ready"]
+    assert not workloads.passed
+    assert f"pod {pods[0]} container hub: CrashLoopBackOff" in (workloads.description or "")
+    assert run.checks()["release_deployed"].passed
+
+
+def test_failing_blocking_check_on_staging_stops_prod_in_the_same_run(lab: Lab):
+    lab.configure(lab.environments(staging_url=dead_url()))
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
+        run = lab.materialize("staging", "prod", checks=True)
+    assert not run.checks()["hub_api"].passed and "connection refused" in (run.checks()["hub_api"].description or "")
+    assert run.materialized() == ["lab/staging"]
+    assert not lab.release_exists("prod")
+
+
+def test_rollback_returns_to_the_last_healthy_revision_and_says_so(lab: Lab, jupyterhub_server):
+    lab.configure(lab.environments(staging_url=jupyterhub_server.url) + "rollback: on-failure\n")
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        healthy = lab.materialize(checks=True)
+        assert healthy.success and all(c.passed for c in healthy.checks().values())
+        lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
+        broken = lab.materialize(checks=True)
+    assert broken.metadata()["helm_revision"] == 2
+    assert not broken.checks()["hub_api"].passed
+    [rollback] = [o for o in broken.observations() if "rollback" in o]
+    assert rollback == {
+        "rollback": "done",
+        "from_revision": 2,
+        "to_revision": 1,
+        "new_revision": 3,
+        "failed_checks": "hub_api",
+    }
+    history = lab.history()
+    assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["description"] == "Rollback to 1"
+    assert history[-1]["status"] == "deployed"
+
+
+def test_no_rollback_without_an_earlier_healthy_revision(lab: Lab):
+    lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        run = lab.materialize(checks=True)
+    assert {"rollback": "impossible", "from_revision": 1} in run.observations()
+    assert [h["revision"] for h in lab.history()] == [1]
+
+
+def test_promotion_gate_refuses_an_untested_configuration_and_allows_a_tested_one(lab: Lab, jupyterhub_server):
+    lab.configure(lab.environments(staging_url=jupyterhub_server.url))
+    lab.push_current_image()
+    refused = lab.materialize("prod")
+    assert refused.success and refused.materialized() == []
+    [observation] = refused.observations()
+    assert observation["promotion"] == "refused" and "never passed its staging checks" in observation["reason"]
+    assert not lab.release_exists("prod")
+
+    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
+        assert lab.materialize(checks=True).success
+        promoted = lab.materialize("prod")
+    assert promoted.materialized() == ["lab/prod"]
+    assert "promotion_override" not in promoted.metadata("prod")
+    assert lab.history("prod")[-1]["status"] == "deployed"
+
+    lab.builder.commit("an untested change", {"hubs/lab/config/prod.yaml": "jupyterhub: {cull: {timeout: 7200}}\n"})
+    with lab.cluster.auto_ready(f"{lab.namespace}-prod"):
+        forced = lab.materialize("prod", tags={"promotion_override": "alice: hotfix, incident 42"})
+    assert forced.materialized() == ["lab/prod"]
+    assert forced.metadata("prod")["promotion_override"] == "alice: hotfix, incident 42"
