@@ -22,6 +22,7 @@ from hubploy_dagster.health_cluster import check_release, check_workloads
 from hubploy_dagster.helm import Helm
 from hubploy_dagster.keys import group_name, release_key
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
+from hubploy_dagster.rollback import helm_rollback
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files
 
 HEALTHY = "healthy_revision"
@@ -148,7 +149,7 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
                 )
             )
         elif current.config.rollback == "on-failure":
-            roll_back(context, deployment, current, env, recorded, failed, sops.sops(), masker)
+            roll_back(context, deployment, current, env, recorded, failed, sops.sops())
 
     return _health
 
@@ -206,11 +207,10 @@ def roll_back(
     recorded: dict[str, Any],
     failed: list[str],
     sops: Sops,
-    masker: Masker,
 ) -> None:
     """`helm rollback` to the last healthy revision, recorded as an event naming both revisions."""
     key = release_key(hub.name, env)
-    namespace, release = str(recorded["namespace"]), str(recorded["release"])
+    release = str(recorded["release"])
     bad = recorded.get("helm_revision")
     target = last_healthy_revision(context.instance, key, bad)
     if target is None:
@@ -222,13 +222,7 @@ def roll_back(
         )
         return
     context.log.warning(f"{release}: blocking checks failed ({', '.join(failed)}): rolling back from {bad} to {target}")
-    with cluster_login(hub, deployment.snapshot, namespace, sops, masker) as login:
-        helm = Helm(env=login.env, masker=masker, log=context.log.info)
-        args = ["rollback", release, str(target), "--namespace", namespace, "--wait"]
-        if hub.config.helm.timeout:
-            args += ["--timeout", hub.config.helm.timeout]
-        helm.run(args, f"helm rollback of {release} to revision {target}")
-        new_revision = helm.history(release, namespace, login.kube_context)[-1]["revision"]
+    new_revision = helm_rollback(deployment.snapshot.repo, deployment.sha, hub, env, target, sops, context.log.info)
     context.op_execution_context.log_event(
         dg.AssetObservation(
             asset_key=key,

@@ -1,5 +1,9 @@
 """The code location: one asset group per hub of the deployment repository named by `HUBPLOY_REPO`.
 
+Settings come from the environment: HUBPLOY_REPO (path or git URL), HUBPLOY_BRANCHES (`staging,prod`),
+HUBPLOY_SENSOR_INTERVAL (seconds), HUBPLOY_WEBSERVER_URL (for reloads and links), HUBPLOY_WEBHOOK_URL
+(failure notifications), HUBPLOY_BUILD_ARGS, SOPS_AGE_KEY_FILE; helm and kubectl read their own (KUBECONFIG...).
+
 Dagster builds the asset graph when the code location loads, so the hubs are read here, once, from the
 heads of the watched branches (every hub on staging or prod gets its assets).
 """
@@ -16,6 +20,9 @@ from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.keys import group_name
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
+from jobs.deploy import deploy_jobs, rollback
+from sensors.git_sensor import WEBSERVER_ENV, build_git_sensor
+from sensors.notify import build_failure_sensor
 
 DEFAULT_BRANCHES = ("staging", "prod")
 
@@ -44,7 +51,22 @@ def build_definitions(source: str, branches: tuple[str, ...] = DEFAULT_BRANCHES)
         hub_asset_list, hub_checks = hub_assets(hub)
         assets += hub_asset_list
         checks += hub_checks
-    return dg.Definitions(assets=assets, asset_checks=checks, resources=resources_from_environment(source, branches))
+    staging_branch, prod_branch = branches[0], branches[-1]
+    sensors = [
+        build_git_sensor(
+            source,
+            {"staging": staging_branch, "prod": prod_branch},
+            int(os.environ.get("HUBPLOY_SENSOR_INTERVAL", "30")),
+        ),
+        build_failure_sensor(os.environ.get("HUBPLOY_WEBHOOK_URL"), os.environ.get(WEBSERVER_ENV)),
+    ]
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[*deploy_jobs(hubs), rollback],
+        sensors=sensors,
+        resources=resources_from_environment(source, branches),
+    )
 
 
 def resources_from_environment(source: str, branches: tuple[str, ...]) -> dict[str, dg.ConfigurableResource]:

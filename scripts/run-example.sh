@@ -23,8 +23,13 @@ command -v dagster >/dev/null || die "dagster not found on PATH: run scripts/set
 "$ROOT/scripts/start-registry.sh"
 
 mkdir -p "$DAGSTER_HOME"
-if [[ ! -f "$DAGSTER_HOME/dagster.yaml" ]]; then
-    printf 'telemetry:\n  enabled: false\n' >"$DAGSTER_HOME/dagster.yaml"
+# The project's instance settings: queued runs, one run per hub at a time, telemetry off.
+cp "$ROOT/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+export HUBPLOY_WEBSERVER_URL="${HUBPLOY_WEBSERVER_URL:-http://127.0.0.1:$port}"
+# Offline set-ups take the jupyterhub chart from the shared copy instead of the chart repository.
+shared_charts="$(dirname "$ROOT")/shared/charts"
+if [[ -z "${HUBPLOY_CHART_CACHE:-}" && -d "$shared_charts" ]]; then
+    export HUBPLOY_CHART_CACHE="$shared_charts"
 fi
 
 log "dagster dev on http://127.0.0.1:$port (DAGSTER_HOME=$DAGSTER_HOME, HUBPLOY_REPO=$HUBPLOY_REPO)"

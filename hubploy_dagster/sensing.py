@@ -1,0 +1,91 @@
+"""What a move of a watched branch should deploy: the plain logic behind the git sensor.
+
+A tick reads branch heads (one `git ls-remote`); only a branch that moved costs more: a fetch of the mirror
+and one tree comparison (the change set). A hub is requested when its configuration changed and is not
+already what its last successful release deployed, so neither a first start nor a lost cursor redeploys
+everything. Hubs the code location does not know yet are reported, so the sensor can reload it first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from hubploy_dagster.changes import compare
+from hubploy_dagster.deployment import load_deployment
+from hubploy_dagster.errors import ConfigProblem
+from hubploy_dagster.repo import DeploymentRepo
+
+RELOAD_MUTATION = """
+mutation Reload($location: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $location) { __typename }
+}
+"""
+
+
+@dataclass
+class BranchPlan:
+    """The outcome of one branch's move: hubs to deploy at `new`, and what the operator must be told."""
+
+    env: str
+    branch: str
+    old: str | None
+    new: str
+    deploy: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+
+def plan_branch(
+    repo: DeploymentRepo,
+    env: str,
+    branch: str,
+    old: str | None,
+    new: str,
+    deployed_fingerprint: Callable[[str], str | None],
+    known_hubs: set[str],
+) -> BranchPlan:
+    """Which hubs the move of `branch` from `old` to `new` deploys to `env`."""
+    after = load_deployment(repo.snapshot(new))
+    plan = BranchPlan(env, branch, old, new, problems=after.problems)
+    if old is None or not _known_commit(repo, old):
+        candidates = sorted(after.hubs)
+    else:
+        changes = compare(repo, load_deployment(repo.snapshot(old)), after)
+        candidates, plan.removed = changes.changed, changes.removed
+    for name in candidates:
+        if deployed_fingerprint(name) == after.fingerprint(after.hubs[name]):
+            plan.up_to_date.append(name)
+        elif name not in known_hubs:
+            plan.unknown.append(name)
+        else:
+            plan.deploy.append(name)
+    return plan
+
+
+def _known_commit(repo: DeploymentRepo, sha: str) -> bool:
+    """A force-push can drop the old head from the repository altogether: then compare with nothing."""
+    try:
+        repo.resolve(sha)
+    except Exception:
+        return False
+    return True
+
+
+def reload_code_location(webserver_url: str, location: str, timeout: float = 30.0) -> str:
+    """Ask the Dagster webserver to reload the code location, so that a new hub's assets exist."""
+    response = httpx.post(
+        f"{webserver_url.rstrip('/')}/graphql",
+        json={"query": RELOAD_MUTATION, "variables": {"location": location}},
+        timeout=timeout,
+    )
+    response.raise_for_status()
+    data = response.json()
+    if data.get("errors"):
+        raise RuntimeError(f"reloading {location} at {webserver_url} failed: {json.dumps(data['errors'])[:300]}")
+    return str(data["data"]["reloadRepositoryLocation"]["__typename"])

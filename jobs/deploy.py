@@ -1,0 +1,63 @@
+"""Jobs an operator launches by hand: deploy an environment, build images, roll a hub back.
+
+Thin by design: the asset jobs select the per-hub assets the library defines (pick hubs in the launchpad
+with an asset subset); the rollback job runs the library's `helm rollback` with the hub's cluster login.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from hubploy_dagster.deployment import Hub, load_deployment
+from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
+from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
+from hubploy_dagster.rollback import helm_rollback
+
+
+def deploy_jobs(hubs: list[Hub]) -> list:
+    staging, prod = ENVIRONMENTS
+    return [
+        dg.define_asset_job(
+            f"deploy_{staging}",
+            selection=dg.AssetSelection.assets(
+                *(k for hub in hubs for k in (image_key(hub.name), release_key(hub.name, staging)))
+            ),
+            description="Build (when needed) and deploy the selected hubs to staging, then check them.",
+        ),
+        dg.define_asset_job(
+            f"deploy_{prod}",
+            selection=dg.AssetSelection.assets(*(release_key(hub.name, prod) for hub in hubs)),
+            description="Promote the selected hubs to prod (only configurations that passed staging).",
+        ),
+        dg.define_asset_job(
+            "build_images",
+            selection=dg.AssetSelection.assets(*(image_key(hub.name) for hub in hubs)).without_checks(),
+            description="Build and push the selected hubs' images when their tags are not in the registry.",
+        ),
+    ]
+
+
+class RollbackConfig(dg.Config):
+    hub: str = Field(description="Hub name")
+    env: str = Field(description="Environment (staging or prod)")
+    revision: int = Field(description="helm revision to return to (see `helm history` or the release's metadata)")
+
+
+@dg.op
+def rollback_hub(
+    context: dg.OpExecutionContext, config: RollbackConfig, deployment_repo: DeploymentRepoResource, sops: SopsResource
+) -> None:
+    repo = deployment_repo.open()
+    sha = repo.resolve(deployment_repo.branch(config.env))
+    hub = load_deployment(repo.snapshot(sha)).hub(config.hub)
+    new_revision = helm_rollback(repo, sha, hub, config.env, config.revision, sops.sops(), context.log.info)
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=release_key(config.hub, config.env),
+            metadata={"rollback": "manual", "to_revision": config.revision, "new_revision": new_revision},
+        )
+    )
+
+
+@dg.job(description="helm rollback of one hub's release to a revision, recorded on the release asset.")
+def rollback() -> None:
+    rollback_hub()

@@ -1,0 +1,102 @@
+"""The git sensor: a push to `staging` or `prod` deploys exactly the hubs it changed, at that commit, once.
+
+Thin by design: `hubploy_dagster.sensing` decides what to deploy; this module turns the decision into run
+requests (one per hub and environment, staging first) and keeps the cursor (the last head seen per branch).
+A run key of hub, environment and sha makes each deploy happen at most once, even if the cursor is lost.
+"""
+
+import json
+import os
+
+import dagster as dg
+
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
+from hubploy_dagster.repo import DeploymentRepo, remote_heads
+from hubploy_dagster.resources import TAG_BRANCH, TAG_ENV, TAG_GIT_SHA, TAG_HUB
+from hubploy_dagster.sensing import plan_branch, reload_code_location
+
+LOCATION_NAME = "hubploy"
+WEBSERVER_ENV = "HUBPLOY_WEBSERVER_URL"
+
+
+def run_key(hub: str, env: str, sha: str) -> str:
+    return f"{hub}:{env}:{sha}"
+
+
+def deploy_request(hub: str, env: str, branch: str, sha: str) -> dg.RunRequest:
+    """staging builds the image and deploys; prod only deploys (it never builds)."""
+    keys = [image_key(hub), release_key(hub, env)] if env == ENVIRONMENTS[0] else [release_key(hub, env)]
+    return dg.RunRequest(
+        run_key=run_key(hub, env, sha),
+        asset_selection=keys,
+        tags={TAG_HUB: hub, TAG_ENV: env, TAG_GIT_SHA: sha, TAG_BRANCH: branch},
+    )
+
+
+def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: int = 30) -> dg.SensorDefinition:
+    """`branches` maps each environment to the branch it follows, e.g. {"staging": "staging", "prod": "prod"}."""
+
+    @dg.sensor(
+        name="git_branches",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        target=dg.AssetSelection.all(),
+        description=f"Deploys the hubs each push to {', '.join(branches.values())} of {source} changes",
+    )
+    def git_branches(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        try:
+            heads = remote_heads(source, list(branches.values()))
+        except HubployError as exc:  # the remote is down: say so, keep the cursor, try again next tick
+            return dg.SkipReason(f"cannot read branch heads: {exc}")
+        moved = {
+            env: branch for env, branch in branches.items() if heads.get(branch) and heads[branch] != cursor.get(branch)
+        }
+        if not moved:
+            return dg.SkipReason(f"no new commit on {', '.join(branches.values())}")
+        repo = DeploymentRepo(source)
+        repo.fetch()
+        known = {key.path[0] for key in context.repository_def.asset_graph.get_all_asset_keys()}
+        requests: list[dg.RunRequest] = []
+        for env in ENVIRONMENTS:  # staging is requested before prod
+            if env not in moved:
+                continue
+            branch, new = moved[env], heads[moved[env]]
+
+            def deployed(hub: str, env: str = env) -> str | None:
+                event = context.instance.get_latest_materialization_event(release_key(hub, env))
+                value = (
+                    event.asset_materialization.metadata.get("fingerprint")
+                    if event and event.asset_materialization
+                    else None
+                )
+                return str(value.value) if value is not None else None
+
+            plan = plan_branch(repo, env, branch, cursor.get(branch), new, deployed, known)
+            for problem in plan.problems:
+                context.log.error(f"{branch}@{new[:7]}: {problem}")
+            for hub in plan.removed:
+                context.log.warning(
+                    f"hub {hub} was removed from {branch} at {new[:7]}: its {env} release is left as it is"
+                )
+            if plan.up_to_date:
+                context.log.info(f"{branch}@{new[:7]}: already deployed as committed: {', '.join(plan.up_to_date)}")
+            if plan.unknown:
+                ask_for_reload(context, plan.unknown, branch)
+                continue  # the cursor stays: this move is planned again once the new hubs have assets
+            requests += [deploy_request(hub, env, branch, new) for hub in plan.deploy]
+            cursor[branch] = new
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+
+    return git_branches
+
+
+def ask_for_reload(context: dg.SensorEvaluationContext, hubs: list[str], branch: str) -> None:
+    webserver = os.environ.get(WEBSERVER_ENV)
+    names = ", ".join(hubs)
+    if not webserver:
+        context.log.warning(f"new hubs on {branch} ({names}) need a reload of the code location; set {WEBSERVER_ENV}")
+        return
+    reload_code_location(webserver, LOCATION_NAME)
+    context.log.info(f"new hubs on {branch} ({names}): asked {webserver} to reload the code location")
