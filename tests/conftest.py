@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +147,31 @@ def chart_cache(jupyterhub_chart: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     """Deploys take the chart's dependency from this folder instead of downloading it."""
     monkeypatch.setenv("HUBPLOY_CHART_CACHE", str(jupyterhub_chart.parent))
     return jupyterhub_chart.parent
+
+
+def new_age_key(folder: Path, name: str = "age") -> tuple[Path, str]:
+    """A fresh age key pair (Debian's age-keygen): the key file and its public recipient."""
+    key = folder / f"{name}-{uuid.uuid4().hex[:6]}.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    return key, recipient
+
+
+def sops_encrypt(folder: Path, recipient: str, plaintext: str, kind: str = "yaml") -> str:
+    """`sops --encrypt` of a YAML or JSON document to one age recipient; the plaintext file is removed."""
+    source = folder / f"plain-{uuid.uuid4().hex[:6]}.{kind}"
+    source.write_text(plaintext)
+    try:
+        command = [
+            find_tool("sops", "tests"),
+            "--encrypt",
+            "--age",
+            recipient,
+            "--input-type",
+            kind,
+            "--output-type",
+            kind,
+        ]
+        return subprocess.run([*command, str(source)], check=True, capture_output=True, text=True).stdout
+    finally:
+        source.unlink()

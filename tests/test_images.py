@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +14,8 @@ import docker
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import CHART_FILES, PROJECT_ROOT, RepoBuilder
+from conftest import CHART_FILES, PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
+from services.lab import Run
 
 from hubploy_dagster.assets import image_asset, image_in_registry_check
 from hubploy_dagster.cli import main
@@ -24,7 +23,6 @@ from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.tags import tag_from_sha
-from hubploy_dagster.tools import find_tool
 
 pytestmark = pytest.mark.integration
 
@@ -80,42 +78,6 @@ def materialize_image(
     return Run(result, instance)
 
 
-@dataclass
-class Run:
-    """A finished in-process run and the instance that recorded it (its event log is what the UI shows)."""
-
-    result: dg.ExecuteInProcessResult
-    instance: dg.DagsterInstance
-
-    @property
-    def success(self) -> bool:
-        return self.result.success
-
-    def metadata(self) -> dict:
-        [materialization] = self.result.asset_materializations_for_node(
-            self.result.get_step_success_events()[0].step_key or ""
-        )
-        return {k: v.value for k, v in materialization.metadata.items()}
-
-    def checks(self) -> list:
-        return self.result.get_asset_check_evaluations()
-
-    def error(self) -> tuple[str, str]:
-        """The class and message of the error that failed the step (Dagster wraps it; unwrap to the cause)."""
-        error = self.result.get_step_failure_events()[0].step_failure_data.error
-        assert error is not None
-        while error.cause is not None:
-            error = error.cause
-        return error.cls_name or "", error.message
-
-    def log_text(self) -> str:
-        return "\n".join(r.user_message for r in self.instance.all_logs(self.result.run_id))
-
-    def all_text(self) -> str:
-        """Everything the run recorded: event log entries with their messages, metadata and errors."""
-        return "\n".join(dg.serialize_value(record) for record in self.instance.all_logs(self.result.run_id))
-
-
 def next_second() -> int:
     """The engine's event filter counts whole seconds: start watching at a fresh one."""
     time.sleep(1 - time.time() % 1)
@@ -135,11 +97,11 @@ def test_build_push_then_never_again_then_rebuild_with_cache(
     first = image_hub(repo_builder, image)
     result = materialize_image(repo_builder, first)
     assert result.success
-    meta = result.metadata()
+    meta = result.metadata("image")
     assert meta["built"] is True and meta["tag"] == tag_from_sha(first) and meta["git_sha"] == first
     assert meta["digest"] == RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(first))
     assert meta["cache_from"] == "none"
-    [check] = result.checks()
+    check = result.checks()["image_in_registry"]
     assert check.passed
 
     # a commit that does not touch the image folder: the tag is unchanged and the engine does nothing
@@ -147,7 +109,7 @@ def test_build_push_then_never_again_then_rebuild_with_cache(
     since = next_second()
     result = materialize_image(repo_builder, second)
     assert result.success
-    meta = result.metadata()
+    meta = result.metadata("image")
     assert meta["built"] is False and meta["tag"] == tag_from_sha(first) and meta["git_sha"] == second
     assert engine_events(docker_client, since) == []
 
@@ -156,7 +118,7 @@ def test_build_push_then_never_again_then_rebuild_with_cache(
     since = next_second()
     result = materialize_image(repo_builder, third)
     assert result.success
-    meta = result.metadata()
+    meta = result.metadata("image")
     assert meta["built"] is True and meta["tag"] == tag_from_sha(third)
     assert meta["cache_from"] == f"{image}:{tag_from_sha(first)}"
     actions = engine_events(docker_client, since)
@@ -180,7 +142,7 @@ def test_failing_run_step_reports_the_last_build_lines_and_pushes_nothing(repo_b
     sha = image_hub(repo_builder, image, dockerfile=DOCKERFILE + "RUN echo preparing-the-env && exit 3\n")
     result = materialize_image(repo_builder, sha)
     assert not result.success
-    cls, message = result.error()
+    cls, message = result.error_class(), result.error()
     assert cls == "BuildError" and f"build of {image}:{tag_from_sha(sha)} failed" in message
     assert "preparing-the-env" in message and "returned a non-zero code: 3" in message
     assert RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(sha)) is None
@@ -192,7 +154,7 @@ def test_missing_dockerfile_is_named(repo_builder: RepoBuilder, registry):
     repo_builder.remove("hubs/lab/image/Dockerfile", "hubs/lab/image/environment.yml")
     sha = repo_builder.commit("no dockerfile", {"hubs/lab/image/README.md": "nothing to build\n"})
     result = materialize_image(repo_builder, sha)
-    assert f"hubs/lab/image@{sha[:7]}: the image folder has no Dockerfile" in result.error()[1]
+    assert f"hubs/lab/image@{sha[:7]}: the image folder has no Dockerfile" in result.error()
 
 
 def test_repo2docker_folder_without_repo2docker_installed_says_so(repo_builder: RepoBuilder, registry, monkeypatch):
@@ -202,7 +164,7 @@ def test_repo2docker_folder_without_repo2docker_installed_says_so(repo_builder: 
     repo_builder.remove("hubs/lab/image/Dockerfile")
     sha = repo_builder.commit("repo2docker style")
     result = materialize_image(repo_builder, sha)
-    _, message = result.error()
+    message = result.error()
     assert "needs the `repo2docker-not-installed-here` command, which is not installed" in message
     assert f"hubs/lab/image@{sha[:7]}" in message
 
@@ -217,26 +179,16 @@ def test_registry_down_names_host_and_port_and_builds_nothing(repo_builder: Repo
         assert engine_events(docker_client, since) == []
     finally:
         registry.start()
-    assert f"registry {registry.host} is unreachable" in result.error()[1]
+    assert f"registry {registry.host} is unreachable" in result.error()
     assert RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(sha)) is None
     assert materialize_image(repo_builder, sha).success, "the same run succeeds once the registry is back"
 
 
 def docker_config_hub(builder: RepoBuilder, tmp_path: Path, image: str, host: str, user: str, password: str) -> Path:
     """A hub whose registry is `dockerconfig`: a sops-encrypted docker config.json in its secrets/."""
-    key = tmp_path / "age.txt"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    recipient = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    key, recipient = new_age_key(tmp_path)
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    plain = tmp_path / "docker-config.json"
-    plain.write_text(json.dumps({"auths": {host: {"auth": auth}}}))
-    encrypted = subprocess.run(
-        [find_tool("sops", "tests"), "--encrypt", "--age", recipient, str(plain)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    plain.unlink()
+    encrypted = sops_encrypt(tmp_path, recipient, json.dumps({"auths": {host: {"auth": auth}}}), kind="json")
     registry_config = "  registry:\n    provider: dockerconfig\n    dockerconfig: {filename: docker-config.json}\n"
     image_hub(builder, image, extra_config=registry_config)
     builder.commit("registry credentials", {"hubs/lab/secrets/docker-config.json": encrypted})
@@ -253,10 +205,10 @@ def test_htpasswd_registry_with_dockerconfig_and_no_credential_leak(
     sha = repo_builder.repo.head.commit.hexsha
     result = materialize_image(repo_builder, sha, age_key=key)
     assert result.success, result.error()
-    assert result.metadata()["built"] is True
-    assert result.checks()[0].passed
+    assert result.metadata("image")["built"] is True
+    assert result.checks()["image_in_registry"].passed
     captured = capfd.readouterr()
-    recorded = result.all_text() + captured.out + captured.err
+    recorded = result.recorded() + captured.out + captured.err
     assert "pushed" in recorded, "the canary search must see the run's logs"
     secret_auth = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
     assert auth_registry.password not in recorded and secret_auth not in recorded
@@ -269,9 +221,9 @@ def test_wrong_registry_password_fails_clearly_and_pushes_nothing(repo_builder: 
     )
     result = materialize_image(repo_builder, repo_builder.repo.head.commit.hexsha, age_key=key)
     assert not result.success
-    _, message = result.error()
+    message = result.error()
     assert auth_registry.host in message and "authentication" in message
-    assert "wrong-password-x" not in result.all_text()
+    assert "wrong-password-x" not in result.recorded()
 
 
 def test_check_fails_when_the_tag_disappears_from_the_registry(repo_builder: RepoBuilder, registry):
@@ -279,11 +231,13 @@ def test_check_fails_when_the_tag_disappears_from_the_registry(repo_builder: Rep
     sha = image_hub(repo_builder, image)
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_image(repo_builder, sha, instance=instance)
-    digest = result.metadata()["digest"]
-    assert materialize_image(repo_builder, sha, instance=instance, checks_only=True).checks()[0].passed
+    digest = result.metadata("image")["digest"]
+    assert (
+        materialize_image(repo_builder, sha, instance=instance, checks_only=True).checks()["image_in_registry"].passed
+    )
     repository = image.split("/", 1)[1]
     httpx.delete(f"http://{registry.host}/v2/{repository}/manifests/{digest}").raise_for_status()
-    [evaluation] = materialize_image(repo_builder, sha, instance=instance, checks_only=True).checks()
+    evaluation = materialize_image(repo_builder, sha, instance=instance, checks_only=True).checks()["image_in_registry"]
     assert not evaluation.passed and f"{image}:{tag_from_sha(sha)}" in (evaluation.description or "")
 
 
@@ -322,7 +276,7 @@ def test_cloud_provider_without_its_cli_names_the_command(
     sha = image_hub(
         repo_builder, image, extra_config=f"  registry:\n    provider: {provider}\n    {provider}: {block}\n"
     )
-    assert f"needs the `{command}-missing` command" in materialize_image(repo_builder, sha).error()[1]
+    assert f"needs the `{command}-missing` command" in materialize_image(repo_builder, sha).error()
 
 
 def test_example_hub_images_build_from_the_local_base(docker_client: docker.DockerClient):

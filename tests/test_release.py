@@ -7,11 +7,11 @@ real PostgreSQL (HELM_DRIVER=sql); images are in a real registry.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import new_age_key
 from services.lab import CANARY, Lab
 
 from hubploy_dagster.cli import main
@@ -86,8 +86,7 @@ def no_release(lab: Lab) -> bool:
 
 def test_wrong_age_key_runs_no_helm_upgrade(lab: Lab, tmp_path: Path):
     lab.push_current_image()
-    subprocess.run(["age-keygen", "-o", str(tmp_path / "wrong.txt")], check=True, capture_output=True)
-    lab.age_key = tmp_path / "wrong.txt"
+    lab.age_key, _ = new_age_key(tmp_path, "wrong")
     run = lab.materialize()
     assert not run.success and "cannot decrypt hubs/lab/secrets/staging.yaml@" in run.error()
     assert no_release(lab)

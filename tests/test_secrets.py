@@ -4,47 +4,24 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, new_age_key, sops_encrypt
 
 from hubploy_dagster.secrets import MASK, Masker, SecretError, Sops, decrypted_files, is_sops_encrypted
-from hubploy_dagster.tools import find_tool
 
 DEMO_KEY = PROJECT_ROOT / "hubs" / "DEMO-ONLY-age-key.txt"
 CANARY = "canary-4f1d9c0e-secret-value"
 
 
 def age_key(tmp_path: Path, name: str) -> tuple[Path, str]:
-    key = tmp_path / f"{name}.txt"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    public = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
-    return key, public
+    return new_age_key(tmp_path, name)
 
 
 def encrypt(tmp_path: Path, plaintext: str, recipient: str) -> bytes:
-    source = tmp_path / "plain.yaml"
-    source.write_text(plaintext)
-    result = subprocess.run(
-        [
-            find_tool("sops", "tests"),
-            "--encrypt",
-            "--age",
-            recipient,
-            "--input-type",
-            "yaml",
-            "--output-type",
-            "yaml",
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    source.unlink()
-    return result.stdout
+    return sops_encrypt(tmp_path, recipient, plaintext).encode()
 
 
 def test_example_secrets_decrypt_with_the_demo_key_and_the_folder_is_removed():

@@ -7,14 +7,13 @@ Used by the release, health-check and promotion tests. The Kubernetes API server
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import PROJECT_ROOT, RepoBuilder
+from conftest import PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 
 from hubploy_dagster.assets import hub_assets
 from hubploy_dagster.deployment import Hub, load_deployment
@@ -22,7 +21,6 @@ from hubploy_dagster.helm import Helm
 from hubploy_dagster.keys import release_key
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.tags import ImageTagIndex
-from hubploy_dagster.tools import find_tool
 from services.registry import push_image
 
 CANARY = f"canary-{uuid.uuid4().hex}"
@@ -42,12 +40,13 @@ class Run:
     def materialized(self) -> list[str]:
         return [e.asset_key.to_user_string() for e in self.result.get_asset_materialization_events() if e.asset_key]
 
-    def metadata(self, env: str = "staging") -> dict:
+    def metadata(self, asset: str = "staging") -> dict:
+        """The metadata of the run's materialization of `<hub>/<asset>` (image, staging or prod)."""
         for event in self.result.get_asset_materialization_events():
             materialization = event.materialization
-            if materialization.asset_key.path[-1] == env:
+            if materialization.asset_key.path[-1] == asset:
                 return {k: v.value for k, v in materialization.metadata.items()}
-        raise AssertionError(f"no {env} materialization in the run")
+        raise AssertionError(f"no {asset} materialization in the run")
 
     def checks(self) -> dict[str, dg.AssetCheckEvaluation]:
         return {e.check_name: e for e in self.result.get_asset_check_evaluations()}
@@ -59,34 +58,25 @@ class Run:
             if e.event_type_value == "ASSET_OBSERVATION"
         ]
 
-    def error(self) -> str:
+    def _root_error(self) -> dg.SerializableErrorInfo:
+        """The error that failed the first failed step (Dagster wraps it: unwrap to the cause)."""
         error = self.result.get_step_failure_events()[0].step_failure_data.error
         assert error is not None
         while error.cause is not None:
             error = error.cause
-        return error.message
+        return error
+
+    def error(self) -> str:
+        return self._root_error().message
+
+    def error_class(self) -> str:
+        return self._root_error().cls_name or ""
+
+    def log_text(self) -> str:
+        return "\n".join(record.user_message for record in self.instance.all_logs(self.result.run_id))
 
     def recorded(self) -> str:
         return "\n".join(dg.serialize_value(record) for record in self.instance.all_logs(self.result.run_id))
-
-
-def encrypt(workdir: Path, recipient: str, plaintext: str) -> str:
-    path = workdir / f"plain-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(plaintext)
-    try:
-        command = [
-            find_tool("sops", "tests"),
-            "--encrypt",
-            "--age",
-            recipient,
-            "--input-type",
-            "yaml",
-            "--output-type",
-            "yaml",
-        ]
-        return subprocess.run([*command, str(path)], check=True, capture_output=True, text=True).stdout
-    finally:
-        path.unlink()
 
 
 @dataclass
@@ -114,7 +104,7 @@ class Lab:
         )
         files = {"hubs/lab/hubploy.yaml": config}
         for env in ("staging", "prod"):
-            files[f"hubs/lab/secrets/{env}.yaml"] = encrypt(self.workdir, self.recipient, secret)
+            files[f"hubs/lab/secrets/{env}.yaml"] = sops_encrypt(self.workdir, self.recipient, secret)
         return self.builder.commit("configure lab", files)
 
     def environments(self, staging_url: str | None = None, prod_url: str | None = None) -> str:
@@ -174,9 +164,7 @@ class Lab:
 def lab(repo_builder: RepoBuilder, registry, k8s_cluster, postgres, chart_cache, monkeypatch, tmp_path: Path) -> Lab:
     for name, value in k8s_cluster.helm_env(postgres.create_database()).items():
         monkeypatch.setenv(name, value)
-    key = tmp_path / "age.txt"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    recipient = next(line.split(": ")[1] for line in key.read_text().splitlines() if "public key" in line)
+    key, recipient = new_age_key(tmp_path)
     shutil.copytree(PROJECT_ROOT / "chart", repo_builder.path / "chart", ignore=shutil.ignore_patterns("charts"))
     shutil.copytree(PROJECT_ROOT / "hubs/datahub/config", repo_builder.path / "hubs/lab/config")
     repo_builder.write({"hubs/lab/image/Dockerfile": "FROM scratch\n"})
