@@ -7,11 +7,13 @@ real PostgreSQL (HELM_DRIVER=sql); images are in a real registry.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
-from conftest import new_age_key
+from conftest import new_age_key, sops_encrypt
 from services.lab import CANARY, Lab
 
 from hubploy_dagster.cli import main
@@ -151,3 +153,55 @@ def test_cli_deploy_matches_the_asset(lab: Lab):
     assert result.exit_code == 0, result.output
     assert result.stdout == f"lab-staging\t{lab.namespace}\trevision 1\tdeployed\n"
     assert CANARY not in result.output
+
+
+def test_kubeconfig_provider_uses_the_hubs_encrypted_kubeconfig_and_leaves_no_trace(
+    lab: Lab, tmp_path: Path, monkeypatch
+):
+    """hubploy's `kubeconfig` provider: secrets/<filename> decrypted for the deploy only, context templated."""
+    config = yaml.safe_load(lab.cluster.kubeconfig.read_text())
+    for context in config["contexts"]:
+        context["name"] = f"lab-{lab.namespace}"
+    config["current-context"] = "nowhere"  # only the hub's templated context can work
+    kubeconfig = yaml.safe_dump(config)
+    lab.builder.commit(
+        "cluster credentials", {"hubs/lab/secrets/kubeconfig.yaml": sops_encrypt(tmp_path, lab.recipient, kubeconfig)}
+    )
+    lab.configure(
+        lab.environments()
+        + "cluster:\n  provider: kubeconfig\n  kubeconfig: {filename: kubeconfig.yaml, context: 'lab-{namespace}'}\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))  # the ambient one must not be used
+    monkeypatch.delenv("HELM_KUBECONTEXT")
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        run = lab.materialize()
+    assert run.success, run.error()
+    assert run.metadata()["helm_revision"] == 1
+    assert os.environ["KUBECONFIG"] == str(tmp_path / "no-such-kubeconfig"), "the process environment is untouched"
+
+
+@pytest.mark.parametrize(
+    ("provider", "block", "command"),
+    [
+        ("gcloud", "{project: p, cluster: c, zone: z}", "gcloud"),
+        ("aws", "{account_id: '1', region: r, cluster: c, role_arn: 'arn:aws:iam::1:role/deployer'}", "aws"),
+        ("azure", "{resource_group: rg, cluster: c, auth_file: azure.json}", "az"),
+    ],
+)
+def test_cloud_cluster_provider_without_its_cli_names_the_command(lab: Lab, provider, block, command, monkeypatch):
+    monkeypatch.setenv(f"HUBPLOY_{command.upper()}", f"{command}-missing")
+    if provider == "azure":
+        lab.builder.commit(
+            "azure auth",
+            {
+                "hubs/lab/secrets/azure.json": sops_encrypt(
+                    lab.workdir, lab.recipient, '{"appId": "a", "password": "p", "tenant": "t"}', kind="json"
+                )
+            },
+        )
+    lab.configure(lab.environments() + f"cluster:\n  provider: {provider}\n  {provider}: {block}\n")
+    lab.push_current_image()
+    run = lab.materialize()
+    assert not run.success and f"needs the `{command}-missing` command" in run.error()
+    assert no_release(lab)
