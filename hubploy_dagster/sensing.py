@@ -47,7 +47,7 @@ def plan_branch(
     branch: str,
     old: str | None,
     new: str,
-    deployed_fingerprint: Callable[[str], str | None],
+    deployed_fingerprint: Callable[[str], str | None],  # hub -> what its last release deployed
     known_hubs: set[str],
 ) -> BranchPlan:
     """Which hubs the move of `branch` from `old` to `new` deploys to `env`."""

@@ -64,16 +64,8 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
                 continue
             branch, new = moved[env], heads[moved[env]]
 
-            def deployed(hub: str, env: str = env) -> str | None:
-                event = context.instance.get_latest_materialization_event(release_key(hub, env))
-                value = (
-                    event.asset_materialization.metadata.get("fingerprint")
-                    if event and event.asset_materialization
-                    else None
-                )
-                return str(value.value) if value is not None else None
-
-            plan = plan_branch(repo, env, branch, cursor.get(branch), new, deployed, known)
+            deployed = deployed_fingerprints(context.instance, sorted(known), env)
+            plan = plan_branch(repo, env, branch, cursor.get(branch), new, deployed.get, known)
             for problem in plan.problems:
                 context.log.error(f"{branch}@{new[:7]}: {problem}")
             for hub in plan.removed:
@@ -90,6 +82,19 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
     return git_branches
+
+
+def deployed_fingerprints(instance: dg.DagsterInstance, hubs: list[str], env: str) -> dict[str, str]:
+    """The configuration each hub's last successful release deployed, in one query for all hubs."""
+    events = instance.get_latest_materialization_events([release_key(hub, env) for hub in hubs])
+    found = {}
+    for key, event in events.items():
+        value = (
+            event.asset_materialization.metadata.get("fingerprint") if event and event.asset_materialization else None
+        )
+        if value is not None:
+            found[key.path[0]] = str(value.value)
+    return found
 
 
 def ask_for_reload(context: dg.SensorEvaluationContext, hubs: list[str], branch: str) -> None:
