@@ -16,7 +16,14 @@ import pytest
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.tools import find_tool
 
-pytest_plugins = ["services.registry", "services.postgres", "services.cluster", "services.jupyterhub", "services.lab", "services.dagster_dev"]
+pytest_plugins = [
+    "services.registry",
+    "services.postgres",
+    "services.cluster",
+    "services.jupyterhub",
+    "services.lab",
+    "services.dagster_dev",
+]
 
 
 class RepoBuilder:
