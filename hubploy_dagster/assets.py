@@ -16,7 +16,7 @@ from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import ENVIRONMENTS, group_name, hub_pool, image_key, release_key, upstream_of
-from hubploy_dagster.registry import RegistryClient
+from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, deploy_hub
 from hubploy_dagster.resources import (
     TAG_PROMOTION_OVERRIDE,
@@ -25,6 +25,9 @@ from hubploy_dagster.resources import (
     SopsResource,
 )
 from hubploy_dagster.secrets import Masker
+
+TRANSIENT_RETRIES = 2
+TRANSIENT_RETRY_SECONDS = 5
 
 
 def image_metadata(sha: str, results: list[ImageResult]) -> dict[str, Any]:
@@ -66,15 +69,21 @@ def image_asset(hub: Hub) -> dg.AssetsDefinition:
         sha = deployment_repo.pinned_commit(context, "staging")
         deployment = load_deployment(repo.snapshot(sha))
         options = BuildOptions(no_cache=docker_engine.no_cache, build_args=docker_engine.build_args)
-        results = build_hub_images(
-            repo,
-            deployment,
-            deployment.hub(hub.name),
-            docker_engine.client(),
-            sops.sops(),
-            BuildPlan(options),
-            context.log.info,
-        )
+        try:
+            results = build_hub_images(
+                repo,
+                deployment,
+                deployment.hub(hub.name),
+                docker_engine.client(),
+                sops.sops(),
+                BuildPlan(options),
+                context.log.info,
+            )
+        except RegistryAuthError:
+            raise  # wrong credentials do not get better by waiting
+        except RegistryError as exc:  # down or unreachable: transient, so the step is retried
+            context.log.warning(f"{exc}: retrying in {TRANSIENT_RETRY_SECONDS}s")
+            raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=TRANSIENT_RETRY_SECONDS) from exc
         return dg.MaterializeResult(
             metadata=image_metadata(sha, results), data_version=dg.DataVersion(",".join(r.tag for r in results))
         )

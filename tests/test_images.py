@@ -180,6 +180,8 @@ def test_registry_down_names_host_and_port_and_builds_nothing(repo_builder: Repo
     finally:
         registry.start()
     assert f"registry {registry.host} is unreachable" in result.error()
+    retries = [e for e in result.result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 2, "a registry outage is transient: the step is retried before it fails"
     assert RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(sha)) is None
     assert materialize_image(repo_builder, sha).success, "the same run succeeds once the registry is back"
 
@@ -223,6 +225,9 @@ def test_wrong_registry_password_fails_clearly_and_pushes_nothing(repo_builder: 
     assert not result.success
     message = result.error()
     assert auth_registry.host in message and "authentication" in message
+    assert not [e for e in result.result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"], (
+        "no retry of bad credentials"
+    )
     assert "wrong-password-x" not in result.recorded()
 
 
