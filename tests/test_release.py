@@ -205,3 +205,14 @@ def test_cloud_cluster_provider_without_its_cli_names_the_command(lab: Lab, prov
     run = lab.materialize()
     assert not run.success and f"needs the `{command}-missing` command" in run.error()
     assert no_release(lab)
+
+
+def test_no_cluster_configured_says_how_to_point_at_one(lab: Lab, tmp_path: Path, monkeypatch):
+    """`make run` without a cluster: the release step fails naming the kubeconfig and what to do."""
+    missing = tmp_path / "no-kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    monkeypatch.delenv("HELM_KUBECONTEXT")
+    lab.push_current_image()
+    run = lab.materialize()
+    assert not run.success
+    assert f"no usable cluster in {missing}" in run.error() and "Point KUBECONFIG" in run.error()
