@@ -42,37 +42,25 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from common import Timing, git, machine, measure, progress
 from synthetic_repo import DEFAULT_WORKDIR, SyntheticRepo, SyntheticRepoSpec, ensure_repo
 
 BRANCHES = {"staging": "staging", "prod": "prod"}  # environment -> branch, as the code location's defaults
 SENSOR_NAME = "git_branches"
 VALIDATE_OK = "All code locations passed validation"
 VENV_BIN = Path(sys.executable).parent
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def git(path: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=path, check=True, capture_output=True, text=True, input=stdin
-    ).stdout.strip()
 
 
 # --- load: one fresh process per measurement ------------------------------------------------------------------
@@ -278,41 +266,6 @@ def count_builds(path: Path, scratch: Path) -> dict[str, int]:
 # --- sensor ticks: in this process, as in a running code server ----------------------------------------------
 
 
-@dataclass
-class Timing:
-    """Wall seconds of each repetition, and CPU seconds of this process plus the git processes it waited for."""
-
-    runs: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.runs)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "median_s": round(self.median, 6),
-            "runs_s": [round(r, 6) for r in self.runs],
-            "cpu_median_s": round(statistics.median(self.cpu), 6),
-        }
-
-
-def _cpu() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def measure(repeat: int, action: Callable[[], Any]) -> tuple[Timing, Any]:
-    timing, result = Timing(), None
-    for _ in range(repeat):
-        cpu = _cpu()
-        started = time.perf_counter()
-        result = action()
-        timing.runs.append(time.perf_counter() - started)
-        timing.cpu.append(_cpu() - cpu)
-    return timing, result
-
-
 def commit_one_hub(path: Path, hub_path: str, parent: str) -> str:
     """A new commit on staging (in the scratch mirror) changing one hub's common values; returns its sha."""
     content = f"jupyterhub:\n  hub:\n    config: {{}}\n# benchmark change on top of {parent}\n".encode()
@@ -414,27 +367,6 @@ def measure_ticks(path: Path, hub: str, repeat: int, profile_top: int) -> tuple[
 
 
 # --- report ---------------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "git": git(Path.cwd(), "--version"),
-        "python": platform.python_version(),
-        "dagster": version("dagster"),
-        "platform": platform.platform(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 @dataclass(frozen=True)
@@ -618,7 +550,7 @@ def main() -> None:
         return
     warnings.filterwarnings("ignore", module="dagster")  # superseded/beta notices, not results
 
-    info = machine()
+    info = machine(dagster=version("dagster"))
     params = {
         "hubs": args.hubs,
         "commits": args.commits,
@@ -677,7 +609,7 @@ def main() -> None:
                 str(hubs): {
                     **{k: v for k, v in result.items() if k != "figures"},
                     "figures": {
-                        key: (item.to_json() if isinstance(item, Timing) else item)
+                        key: (item.to_json(total_cpu=True) if isinstance(item, Timing) else item)
                         for key, item in result["figures"].items()
                     },
                 }
