@@ -39,6 +39,7 @@ class BranchPlan:
     removed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     problems: list[ConfigProblem] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def plan_branch(
@@ -58,8 +59,9 @@ def plan_branch(
     else:
         changes = compare(repo, load_deployment(repo.snapshot(old)), after)
         candidates, plan.removed = changes.changed, changes.removed
+    plan.fingerprints = {name: after.fingerprint(hub) for name, hub in after.hubs.items()}
     for name in candidates:
-        if deployed_fingerprint(name) == after.fingerprint(after.hubs[name]):
+        if deployed_fingerprint(name) == plan.fingerprints[name]:
             plan.up_to_date.append(name)
         elif name not in known_hubs:
             plan.unknown.append(name)

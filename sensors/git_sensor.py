@@ -1,5 +1,8 @@
 """The git sensor: a push to `staging` or `prod` deploys exactly the hubs it changed, at that commit, once.
 
+Prod is requested for a hub only once the same configuration has passed its staging checks; until then the
+prod branch's move is planned again at every tick.
+
 Thin by design: `hubploy_dagster.sensing` decides what to deploy; this module turns the decision into run
 requests (one per hub and environment, staging first) and keeps the cursor (the last head seen per branch).
 A run key of hub, environment and sha makes each deploy happen at most once, even if the cursor is lost.
@@ -10,6 +13,7 @@ import os
 
 import dagster as dg
 
+from hubploy_dagster.checks import passed_staging
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
@@ -77,7 +81,15 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
             if plan.unknown:
                 ask_for_reload(context, plan.unknown, branch)
                 continue  # the cursor stays: this move is planned again once the new hubs have assets
-            requests += [deploy_request(hub, env, branch, new) for hub in plan.deploy]
+            waiting = (
+                [] if env == ENVIRONMENTS[0] else awaiting_staging(context.instance, plan.deploy, plan.fingerprints)
+            )
+            requests += [deploy_request(hub, env, branch, new) for hub in plan.deploy if hub not in waiting]
+            if waiting:  # the cursor stays: planned again next tick; requests already made repeat no run (run keys)
+                context.log.info(
+                    f"{branch}@{new[:7]}: waiting for staging checks of {', '.join(waiting)} to promote them"
+                )
+                continue
             cursor[branch] = new
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
@@ -95,6 +107,15 @@ def deployed_fingerprints(instance: dg.DagsterInstance, hubs: list[str], env: st
         if value is not None:
             found[key.path[0]] = str(value.value)
     return found
+
+
+def awaiting_staging(instance: dg.DagsterInstance, hubs: list[str], fingerprints: dict[str, str]) -> list[str]:
+    """Hubs whose configuration has not passed its staging checks yet: prod is requested only after it has.
+
+    Asking for prod only then, rather than trusting that a staging run queued first also finishes first, keeps
+    a retried or slow staging run from leaving its promotion refused and never asked for again.
+    """
+    return [hub for hub in hubs if not passed_staging(instance, hub, fingerprints[hub])]
 
 
 def ask_for_reload(context: dg.SensorEvaluationContext, hubs: list[str], branch: str) -> None:

@@ -50,6 +50,16 @@ class Ticker:
             assert request.tags["branch"] == BRANCHES[request.tags["env"]]
         return requests, []
 
+    def mark_staging_healthy(self, hub: str, rev: str) -> None:
+        """Record what the staging checks record when they all pass: the promotion gate's evidence."""
+        deployment = load_deployment(self.builder.open().snapshot(rev))
+        fingerprint = deployment.fingerprint(deployment.hub(hub))
+        self.instance.report_runless_asset_event(
+            dg.AssetObservation(
+                release_key(hub, "staging"), metadata={"healthy_revision": 1, "fingerprint": fingerprint}
+            )
+        )
+
     def mark_deployed(self, hub: str, env: str, rev: str) -> None:
         """Record a successful release of `hub` at `rev` as the release asset would."""
         deployment = load_deployment(self.builder.open().snapshot(rev))
@@ -63,18 +73,35 @@ def head(builder: RepoBuilder, branch: str = "staging") -> str:
     return builder.repo.commit(branch).hexsha
 
 
-def test_first_tick_deploys_every_hub_staging_first(watched: RepoBuilder):
+def test_first_tick_deploys_staging_then_prod_once_staging_is_healthy(watched: RepoBuilder):
     ticker = Ticker(watched)
     requests, _ = ticker.tick()
     sha = head(watched)
-    assert requests == [
-        ("alpha", "staging", sha),
-        ("beta", "staging", sha),
-        ("alpha", "prod", sha),
-        ("beta", "prod", sha),
-    ]
+    assert requests == [("alpha", "staging", sha), ("beta", "staging", sha)]
+    assert json.loads(ticker.cursor or "") == {"staging": sha}, "prod's move waits for staging's checks"
+    assert ticker.tick()[0] == []
+    ticker.mark_staging_healthy("alpha", sha)
+    assert ticker.tick()[0] == [("alpha", "prod", sha)]
+    ticker.mark_deployed("alpha", "prod", sha)
+    ticker.mark_staging_healthy("beta", sha)
+    assert ticker.tick()[0] == [("beta", "prod", sha)]
     assert json.loads(ticker.cursor or "") == {"prod": sha, "staging": sha}
     assert ticker.tick() == ([], ["no new commit on staging, prod"])
+
+
+def test_a_prod_push_of_a_configuration_staging_never_passed_is_held(watched: RepoBuilder):
+    ticker = Ticker(watched)
+    ticker.tick()
+    for hub in ("alpha", "beta"):
+        ticker.mark_staging_healthy(hub, head(watched))
+    ticker.tick()
+    untested = watched.commit("straight to prod", {"hubs/beta/config/prod.yaml": "jupyterhub: {p: 1}\n"})
+    watched.branch("prod", untested)
+    watched.repo.git.reset("--hard", "HEAD~1")  # staging never saw it
+    requests, _ = ticker.tick()
+    assert ("beta", "prod", untested) not in requests
+    ticker.mark_staging_healthy("beta", untested)  # once that configuration passes staging, prod follows
+    assert ("beta", "prod", untested) in ticker.tick()[0]
 
 
 def test_single_hub_change_deploys_that_hub_at_that_commit(watched: RepoBuilder):
