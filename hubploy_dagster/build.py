@@ -18,7 +18,7 @@ from hubploy_dagster.images import BuildOptions, ImageBuilder, ImageResult, earl
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, Sops
-from hubploy_dagster.tags import ImageTagIndex
+from hubploy_dagster.tags import hub_image_tags
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,13 @@ def build_hub_images(
     if not images:
         wanted = ", ".join(plan.only_images) or "any"
         raise HubployError(f"hub {hub.name} has no image matching {wanted} at {deployment.sha[:7]}")
-    folders = [hub.image_dir(image) for image in images]
-    tags = ImageTagIndex(repo).tags(deployment.sha, folders)
+    tagged = hub_image_tags(repo, deployment, hub, images)
     results = []
     with registry_login(hub, deployment.snapshot, sops, masker) as login:
         builder = ImageBuilder(
             docker_client, RegistryClient(login.credentials), login.auth_config, lambda s: log(masker(s))
         )
-        for image, folder in zip(images, folders, strict=True):
-            tag = tags[folder]
-            if tag is None:
-                raise HubployError(f"{deployment.snapshot.describe(folder)}: no commit touches the image folder")
+        for image, folder, tag in tagged:
             if plan.commit_range and not folder_changed_in_range(repo, plan.commit_range, folder):
                 log(f"{folder} did not change in {plan.commit_range}: not building {image.name}:{tag}")
                 continue

@@ -26,7 +26,7 @@ from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
-from hubploy_dagster.tags import ImageTagIndex
+from hubploy_dagster.tags import hub_image_tags
 
 
 class ImageMissingError(HubployError):
@@ -93,15 +93,7 @@ def refuse_secret_printing(options: DeployOptions) -> None:
 
 
 def hub_images(repo: DeploymentRepo, deployment: Deployment, hub: Hub) -> list[ImageValue]:
-    folders = [hub.image_dir(image) for image in hub.images()]
-    tags = ImageTagIndex(repo).tags(deployment.sha, folders)
-    values = []
-    for image, folder in zip(hub.images(), folders, strict=True):
-        tag = tags[folder]
-        if tag is None:
-            raise HubployError(f"{deployment.snapshot.describe(folder)}: no commit touches the image folder")
-        values.append(ImageValue(image.helm_substitution_path, image.name, tag))
-    return values
+    return [ImageValue(i.helm_substitution_path, i.name, tag) for i, _, tag in hub_image_tags(repo, deployment, hub)]
 
 
 def require_images_in_registry(

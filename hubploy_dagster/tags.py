@@ -27,7 +27,9 @@ from pathlib import Path
 
 import git
 
-from hubploy_dagster.deployment import Deployment
+from hubploy_dagster.config import ImageSpec
+from hubploy_dagster.deployment import Deployment, Hub
+from hubploy_dagster.errors import HubployError
 from hubploy_dagster.repo import DeploymentRepo, default_cache_dir, folders_of
 
 MIN_TAG_LENGTH = 7
@@ -242,6 +244,25 @@ class ImageTag:
     @property
     def reference(self) -> str:
         return f"{self.image}:{self.tag}"
+
+
+def hub_image_tags(
+    repo: DeploymentRepo, deployment: Deployment, hub: Hub, images: list[ImageSpec] | None = None
+) -> list[tuple[ImageSpec, str, str]]:
+    """(image, folder, tag) of each of the hub's images at the deployment's commit, for builds and deploys alike.
+
+    A folder no commit touched has no tag, and nothing can be built or deployed for it.
+    """
+    images = hub.images() if images is None else images
+    folders = [hub.image_dir(image) for image in images]
+    tags = ImageTagIndex(repo).tags(deployment.sha, folders)
+    found = []
+    for image, folder in zip(images, folders, strict=True):
+        tag = tags[folder]
+        if tag is None:
+            raise HubployError(f"{deployment.snapshot.describe(folder)}: no commit touches the image folder")
+        found.append((image, folder, tag))
+    return found
 
 
 def deployment_image_tags(index: ImageTagIndex, deployment: Deployment) -> list[ImageTag]:
