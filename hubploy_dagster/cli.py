@@ -25,6 +25,7 @@ from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DockerEngineResource
 from hubploy_dagster.secrets import Sops
 from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags
+from hubploy_dagster.validate import validate_repository
 
 repo_option = click.option(
     "--repo",
@@ -241,13 +242,13 @@ def schema() -> None:
 @rev_option
 @reports_errors
 def validate(repo: str, rev: str) -> None:
-    """Check every hub's configuration at a commit; list every problem, exit 1 if there is any."""
-    deployment = load_deployment(DeploymentRepo(repo).snapshot(rev))
-    if deployment.problems:
-        raise ConfigError(deployment.problems)
-    if not deployment.hubs:
-        raise HubployError(f"no hubs found under hubs/ or deployments/ at {deployment.sha[:7]}")
-    click.echo(f"ok: {len(deployment.hubs)} hubs valid at {deployment.sha[:7]}")
+    """Check the whole repository at a commit (config, files, secrets, chart renders); list every problem."""
+    report = validate_repository(DeploymentRepo(repo), rev, Sops())
+    if report.problems:
+        raise ConfigError(report.problems)
+    if not report.hubs:
+        raise HubployError(f"no hubs found under hubs/ or deployments/ at {report.sha[:7]}")
+    click.echo(f"ok: {len(report.hubs)} hubs valid at {report.sha[:7]} ({report.renders} chart renders)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,233 @@
+"""`hubploy validate`: everything a deploy of any hub at one commit would trip over, found before any deploy.
+
+A deploy stops at the first problem it meets; a pull request wants every problem at once, so each check
+here records what it finds and carries on: the schema of every `hubploy.yaml`, the files they reference
+(image folders and what builds them, the chart, `watch_paths`, credentials files), the values files
+(present, valid YAML), every file under a hub's `secrets/` (sops-encrypted, and decryptable with the key at
+hand), and finally each hub's values rendered with the real chart (`helm template`) for every environment,
+which also checks them against the chart's values schema. A render is skipped only when a file it reads
+already has a problem (it would fail on that same file again).
+
+Secret values never reach a problem's text: every decrypted value goes into the Masker that masks them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from git.objects import Blob, Tree
+
+from hubploy_dagster.config import parse_yaml
+from hubploy_dagster.deployment import Deployment, Hub, load_deployment
+from hubploy_dagster.errors import ConfigError, ConfigProblem, HubployError
+from hubploy_dagster.helm import HelmError
+from hubploy_dagster.images import BuildError, recipe_for
+from hubploy_dagster.keys import ENVIRONMENTS
+from hubploy_dagster.release import render_hub
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.secrets import Masker, SecretError, Sops, decrypted_files
+
+SCHEMA_FAILURE = "values don't meet the specifications of the schema(s)"
+SCHEMA_ITEM = re.compile(r"^- (?P<path>[^:]+): (?P<reason>.+)$")
+ADDITIONAL_PROPERTY = re.compile(r"Additional property (?P<key>\S+) is not allowed")
+CREDENTIAL_FIELDS = ("filename", "service_key", "auth_file")  # hubploy.yaml keys naming files in secrets/
+
+
+@dataclass
+class ValidationReport:
+    """Every problem found at one commit, and what was checked, for an honest summary line."""
+
+    sha: str
+    hubs: list[str] = field(default_factory=list)
+    renders: int = 0
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+
+def hub_environments(hub: Hub) -> list[str]:
+    """staging and prod, and any other environment the hub declares in `environments`."""
+    return [*ENVIRONMENTS, *sorted(set(hub.config.environments) - set(ENVIRONMENTS))]
+
+
+def validate_repository(
+    repo: DeploymentRepo, rev: str, sops: Sops, log: Callable[[str], None] = lambda line: None
+) -> ValidationReport:
+    deployment = load_deployment(repo.snapshot(rev))
+    report = ValidationReport(deployment.sha, sorted(deployment.hubs), problems=list(deployment.problems))
+    masker = Masker()
+    for name in report.hubs:
+        hub = deployment.hubs[name]
+        checks = _HubChecks(repo, deployment, hub, sops, masker)
+        checks.run_static()
+        failed_files = {p.file for p in checks.problems}
+        for env in hub_environments(hub):
+            report.renders += checks.render(env, failed_files, log)
+        report.problems += checks.problems
+    report.problems = [ConfigProblem(p.file, p.key, masker(p.reason)) for p in report.problems]
+    return report
+
+
+@dataclass
+class _HubChecks:
+    """The checks of one hub; `problems` collects what they find, `secret_keys` what decrypted files set."""
+
+    repo: DeploymentRepo
+    deployment: Deployment
+    hub: Hub
+    sops: Sops
+    masker: Masker
+    problems: list[ConfigProblem] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)  # file label -> parsed values (secrets: keys only)
+
+    @property
+    def config_file(self) -> str:
+        return self.deployment.snapshot.describe(self.hub.config_path)
+
+    def problem(self, file: str, key: str, reason: str) -> None:
+        self.problems.append(ConfigProblem(file, key, reason))
+
+    def run_static(self) -> None:
+        self.check_images()
+        self.check_referenced_paths()
+        self.check_values_files()
+        self.check_secrets()
+
+    def check_images(self) -> None:
+        snapshot = self.deployment.snapshot
+        for image in self.hub.images():
+            try:
+                recipe_for(self.repo, snapshot, image, self.hub.image_dir(image))
+            except BuildError as exc:
+                self.problem(snapshot.describe(self.hub.image_dir(image)), "", str(exc).split(": ", 1)[-1])
+
+    def check_referenced_paths(self) -> None:
+        snapshot = self.deployment.snapshot
+        for index, path in enumerate(self.hub.config.watch_paths):
+            if not snapshot.exists(path):
+                self.problem(self.config_file, f"watch_paths.{index}", f"{path} does not exist")
+        for key, filename in self._credential_files():
+            path = f"{self.hub.path}/secrets/{filename}"
+            if not snapshot.exists(path):
+                self.problem(self.config_file, key, f"{path} does not exist")
+        common = f"{self.hub.path}/config/common.yaml"
+        if not snapshot.exists(common):
+            self.problem(
+                snapshot.describe(common), "", "values file does not exist: every environment's release reads it"
+            )
+
+    def _credential_files(self) -> list[tuple[str, str]]:
+        images = self.hub.config.images
+        blocks = [("images.registry", images.registry if images else None), ("cluster", self.hub.config.cluster)]
+        found = []
+        for section, block in blocks:
+            if block is not None:
+                settings = getattr(block, block.provider)
+                for name in CREDENTIAL_FIELDS:
+                    if getattr(settings, name, None):
+                        found.append((f"{section}.{block.provider}.{name}", getattr(settings, name)))
+        return found
+
+    def check_values_files(self) -> None:
+        snapshot = self.deployment.snapshot
+        paths = sorted(
+            {f.path for env in hub_environments(self.hub) for f in self.deployment.values_files(self.hub, env)}
+        )
+        for path in paths:
+            if path.startswith(f"{self.hub.path}/config/"):
+                label = snapshot.describe(path)
+                try:
+                    self.values[label] = self._mapping(parse_yaml(snapshot.read(path) or b"", label), label)
+                except ConfigError as exc:
+                    self.problems += exc.problems
+
+    @staticmethod
+    def _mapping(data: Any, label: str) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError.single(label, "", f"helm values must be a mapping, got {type(data).__name__}")
+        return data
+
+    def check_secrets(self) -> None:
+        """Every file under the hub's secrets/ (and the secrets-submodule copy) decrypts with the key at hand."""
+        snapshot = self.deployment.snapshot
+        for folder in (f"{self.hub.path}/secrets", f"secrets/deployments/{self.hub.name}/secrets"):
+            tree = snapshot.entry(folder)
+            if not isinstance(tree, Tree):
+                continue
+            for blob in (item for item in tree.traverse() if isinstance(item, Blob)):
+                label = snapshot.describe(blob.path)
+                files = [(label, blob.data_stream.read())]
+                try:
+                    with decrypted_files(files, self.sops, self.masker, self.hub.config.secrets.encryption) as [plain]:
+                        self.values[label] = _keys_only(_parse_quietly(plain.read_bytes()))
+                except SecretError as exc:
+                    self.problem(label, "", str(exc).replace(label, "the file"))
+
+    def render(self, env: str, failed_files: set[str], log: Callable[[str], None]) -> int:
+        """`helm template` for one environment; returns 1 when it ran, 0 when a file it reads already failed.
+
+        A schema error in a file every environment reads (common.yaml) is listed once, for the first one.
+        """
+        snapshot = self.deployment.snapshot
+        reads = [snapshot.describe(f.path) for f in self.deployment.values_files(self.hub, env)]
+        if failed_files.intersection(reads):
+            return 0
+        try:
+            render_hub(self.repo, self.deployment, self.hub, env, self.sops, log, self.masker)
+        except HelmError as exc:
+            known = {(p.file, p.key) for p in self.problems}
+            self.problems += [p for p in self._helm_problems(env, str(exc), reads) if (p.file, p.key) not in known]
+        except HubployError as exc:
+            self.problem(snapshot.describe(self.hub.config.chart), "", f"helm template ({env}): {exc}")
+        return 1
+
+    def _helm_problems(self, env: str, message: str, reads: list[str]) -> list[ConfigProblem]:
+        """The chart's schema errors one by one, each at the last values file (in hubploy's order) setting the key."""
+        chart_file = self.deployment.snapshot.describe(f"{self.hub.config.chart}/values.yaml")
+        if SCHEMA_FAILURE not in message:
+            return [ConfigProblem(chart_file, "", f"helm template of {self.hub.name} ({env}) failed: {message}")]
+        problems, prefix = [], ""
+        for line in message.split(SCHEMA_FAILURE, 1)[1].splitlines()[1:]:
+            item = SCHEMA_ITEM.match(line.strip())
+            if item is None:
+                prefix = line.strip().removesuffix(":") if line.strip().endswith(":") else prefix
+                continue
+            path = [] if item["path"] == "(root)" else item["path"].split(".")
+            extra = ADDITIONAL_PROPERTY.search(item["reason"])
+            key = [*self._subchart_prefix(prefix), *path, *([extra["key"]] if extra else [])]
+            file = next((f for f in reversed(reads) if _has_key(self.values.get(f), key)), chart_file)
+            reason = f"{item['reason']} (the chart's values schema, {env})"
+            problems.append(ConfigProblem(file, ".".join(key), reason))
+        return problems
+
+    def _subchart_prefix(self, chart_name: str) -> list[str]:
+        """Schema errors name the chart they come from: a dependency's values sit under its name."""
+        chart_yaml = self.deployment.snapshot.read(f"{self.hub.config.chart}/Chart.yaml") or b""
+        try:
+            own_name = (parse_yaml(chart_yaml, "Chart.yaml") or {}).get("name")
+        except ConfigError:
+            own_name = None
+        return [] if not chart_name or chart_name == own_name else [chart_name]
+
+
+def _parse_quietly(content: bytes) -> Any:
+    try:
+        return parse_yaml(content, "")
+    except ConfigError:
+        return None
+
+
+def _keys_only(data: Any) -> Any:
+    """The key structure of decrypted values, without a single value: enough to say which file sets a key."""
+    return {key: _keys_only(value) for key, value in data.items()} if isinstance(data, dict) else None
+
+
+def _has_key(data: Any, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
