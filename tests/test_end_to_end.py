@@ -28,6 +28,7 @@ from services.dagster_dev import Chromium, DagsterDev, DagsterDevLauncher, png_s
 pytestmark = pytest.mark.integration
 
 HUBS = ("datahub", "research")
+NEW_HUB = "physics"  # added to the repository while dagster dev runs
 ENVS = ("staging", "prod")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 WAIT_S = 180.0
@@ -43,21 +44,26 @@ def write_hubs(builder: RepoBuilder, image_prefix: str, namespaces: dict[tuple[s
     (builder.path / "hubs").mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "hubs" / ".sops.yaml", builder.path / "hubs" / ".sops.yaml")
     for hub in HUBS:
-        shutil.copytree(PROJECT_ROOT / "hubs" / hub, builder.path / "hubs" / hub)
-        path = builder.path / "hubs" / hub / "hubploy.yaml"
-        config = yaml.safe_load(path.read_text())
-        image = f"{image_prefix}/{hub}-user-image"
-        if "image_name" in config["images"]:
-            config["images"]["image_name"] = image
-        else:
-            config["images"]["images"][0]["name"] = image
-        config["environments"] = {
-            env: {**config["environments"][env], "namespace": namespaces[hub, env]} for env in ENVS
-        }
-        # No JupyterHub answers at the example URLs: only the cluster-side checks can pass here.
-        config["health"] = {"hub_api": {"enabled": False}}
-        config["helm"] = {**config.get("helm", {}), "timeout": "3m"}
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        write_hub(builder, hub, hub, image_prefix, namespaces)
+
+
+def write_hub(
+    builder: RepoBuilder, hub: str, example: str, image_prefix: str, namespaces: dict[tuple[str, str], str]
+) -> None:
+    """Hub `hub` made from the bundled example hub `example`, with its own image and namespaces."""
+    shutil.copytree(PROJECT_ROOT / "hubs" / example, builder.path / "hubs" / hub)
+    path = builder.path / "hubs" / hub / "hubploy.yaml"
+    config = yaml.safe_load(path.read_text())
+    image = f"{image_prefix}/{hub}-user-image"
+    if "image_name" in config["images"]:
+        config["images"]["image_name"] = image
+    else:
+        config["images"]["images"][0]["name"] = image
+    config["environments"] = {env: {**config["environments"][env], "namespace": namespaces[hub, env]} for env in ENVS}
+    # No JupyterHub answers at the example URLs: only the cluster-side checks can pass here.
+    config["health"] = {"hub_api": {"enabled": False}}
+    config["helm"] = {**config.get("helm", {}), "timeout": "3m"}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def push(builder: RepoBuilder, origin: Path, *refspecs: str) -> None:
@@ -133,7 +139,8 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
 ):
     """1. the first start deploys both hubs to staging, then prod (promotion gate passed); 2. a push touching one
     hub is built, deployed and checked, one run, that hub only; 3. merging it into prod promotes it; 4. two quick
-    pushes for one hub run one after the other; 5. the UI draws the asset graph (screenshot and DOM)."""
+    pushes for one hub run one after the other; 6. a hub added to the repository is deployed (code location reloaded by
+    the sensor, nothing restarted); 5. the UI draws the asset graph of all three hubs (screenshot and DOM)."""
     began = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -142,7 +149,9 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
 
     test_id = uuid.uuid4().hex[:8]
     image_prefix = f"{registry.host}/e2e-{test_id}"
-    namespaces = {(hub, env): k8s_cluster.new_namespace_name(f"e2e-{hub}-{env}") for hub in HUBS for env in ENVS}
+    namespaces = {
+        (hub, env): k8s_cluster.new_namespace_name(f"e2e-{hub}-{env}") for hub in (*HUBS, NEW_HUB) for env in ENVS
+    }
 
     # The deployment repository: a bare "remote", pushed to from a work clone, as operators do.
     builder = repo_builder
@@ -291,8 +300,40 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
             assert seen.materialization("research/staging", run["runId"])["git_sha"] == sha
             seen.checks_passed("research/staging", run["runId"])
 
-        # 5. The asset graph in the UI: both hubs' groups expanded, every asset drawn.
-        groups = ",".join(f"global@global:{hub}" for hub in HUBS)
+        # 6. A hub added to the repository while everything runs: the code location does not know it; the sensor
+        # asks the webserver to reload it and requests the new hub's deploy on a later tick, staging first, prod once
+        # staging's checks passed. Nothing is restarted: the same dagster dev process serves throughout.
+        assert not dev.materializations(f"{NEW_HUB}/staging") and NEW_HUB not in location_hubs(dev)
+        before = {run["runId"] for run in dev.runs()}
+        write_hub(builder, NEW_HUB, "research", image_prefix, namespaces)
+        sha4 = builder.commit(f"{NEW_HUB}: a new hub")
+        push(builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
+        added = seen.wait_finished(
+            [(NEW_HUB, "staging", sha4), (NEW_HUB, "prod", sha4), ("research", "prod", sha4)],
+            "the new hub's deploys (and research's promotion of the quick pushes)",
+        )
+        lap("6. new hub deployed")
+        assert dev.process.poll() is None and NEW_HUB in location_hubs(dev)
+        new = {
+            (r["tags"]["hub"], r["tags"]["env"], r["tags"]["git_sha"]) for r in dev.runs() if r["runId"] not in before
+        }
+        assert new == set(added), f"{new} != {set(added)}"  # datahub untouched, research staging already there
+        new_staging, new_prod = added[NEW_HUB, "staging", sha4], added[NEW_HUB, "prod", sha4]
+        assert new_staging["assets"] == [f"{NEW_HUB}/image", f"{NEW_HUB}/staging"], new_staging
+        assert new_prod["startTime"] >= new_staging["endTime"], (new_staging, new_prod)
+        released4 = seen.materialization(f"{NEW_HUB}/staging", new_staging["runId"])
+        assert released4["namespace"] == namespaces[NEW_HUB, "staging"] and released4["git_sha"] == sha4
+        seen.checks_passed(f"{NEW_HUB}/staging", new_staging["runId"])
+        promoted4 = seen.materialization(f"{NEW_HUB}/prod", new_prod["runId"])
+        assert promoted4["fingerprint"] == released4["fingerprint"], (released4, promoted4)
+        research_prod = seen.materialization("research/prod", added["research", "prod", sha4]["runId"])
+        assert (
+            research_prod["fingerprint"]
+            == seen.materialization("research/staging", second_push["runId"])["fingerprint"]
+        )  # prod got the configuration of the second quick push, which passed staging
+
+        # 5. The asset graph in the UI: every hub's group expanded, every asset drawn.
+        groups = ",".join(f"global@global:{hub}" for hub in (*HUBS, NEW_HUB))
         url = f"{dev.url}/asset-groups?expanded={groups}"
         screenshot = ARTIFACTS / "end_to_end_asset_graph.png"
         dom = chromium.capture(url, screenshot)
@@ -301,7 +342,7 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
         assert (summary.width, summary.height) == (1600, 1000), summary
         assert summary.colours > 50 and summary.foreground_fraction > 0.02, summary
         assert "Global asset lineage" in dom, dom[:2000]
-        for hub in HUBS:
+        for hub in (*HUBS, NEW_HUB):
             for asset in ("image", "staging", "prod"):
                 assert f"{hub}/{asset}" in dom or f"{hub}%2F{asset}" in dom, f"{hub}/{asset} not on the page"
         lap("5. screenshot and DOM")
@@ -317,10 +358,19 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
             k: {f: later["research", "staging", s][f] for f in ("creationTime", "startTime", "endTime")}
             for k, s in (("first", sha2), ("second", sha3))
         },
+        "new_hub": {
+            env: {f: added[NEW_HUB, env, sha4][f] for f in ("creationTime", "startTime", "endTime")} for env in ENVS
+        },
         "screenshot": {"path": str(screenshot), "colours": summary.colours, "foreground": summary.foreground_fraction},
     }
     (ARTIFACTS / "end_to_end_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+
+
+def location_hubs(dev: DagsterDev) -> set[str]:
+    """The hubs the code location has assets for, as the webserver sees them now."""
+    data = dev.graphql("{ assetNodes { assetKey { path } } }")
+    return {node["assetKey"]["path"][0] for node in data["assetNodes"]}
 
 
 def remove_local_images(prefix: str) -> None:
