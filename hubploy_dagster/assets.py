@@ -11,11 +11,12 @@ from typing import Any
 import dagster as dg
 
 from hubploy_dagster.build import BuildPlan, build_hub_images
-from hubploy_dagster.checks import passed_staging, release_health_checks
+from hubploy_dagster.checks import release_health_checks, staging_pass
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import ENVIRONMENTS, group_name, hub_pool, image_key, release_key, upstream_of
+from hubploy_dagster.lineage import promoted_from, release_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, deploy_hub
 from hubploy_dagster.resources import (
@@ -149,7 +150,8 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
         current = deployment.hub(hub.name)
         fingerprint = deployment.fingerprint(current)
         gate: dict[str, Any] = {}
-        if env != ENVIRONMENTS[0] and not passed_staging(context.instance, hub.name, fingerprint):
+        passed = None if env == ENVIRONMENTS[0] else staging_pass(context.instance, hub.name, fingerprint)
+        if env != ENVIRONMENTS[0] and passed is None:
             override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
             reason = (
                 f"hub {hub.name} at {sha[:7]} (configuration {fingerprint[:12]}) never passed its "
@@ -167,9 +169,12 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
             context.log.warning(f"promoting to {env} although {reason}: overridden by run tag ({override})")
             gate = {"promotion_override": override}
         result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
-        metadata: dict[str, Any] = {**result.metadata(), "fingerprint": fingerprint, **gate}
-        if result.url:
-            metadata["url"] = dg.MetadataValue.url(result.url)
+        metadata = {
+            **release_metadata(result, repo, context.run.run_id),
+            "fingerprint": fingerprint,
+            **(promoted_from(context.instance, hub.name, passed) if passed else {}),
+            **gate,
+        }
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))
 
     return _release

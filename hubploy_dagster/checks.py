@@ -94,15 +94,20 @@ def last_healthy_revision(instance: dg.DagsterInstance, key: dg.AssetKey, before
     return None
 
 
-def passed_staging(instance: dg.DagsterInstance, hub_name: str, fingerprint: str) -> bool:
-    """Whether this exact hub configuration was healthy on staging (the promotion gate's question)."""
+def staging_pass(instance: dg.DagsterInstance, hub_name: str, fingerprint: str) -> dg.EventLogRecord | None:
+    """The newest record of this exact hub configuration being healthy on staging (None: it never was)."""
     for record in instance.fetch_observations(release_key(hub_name, "staging"), limit=200).records:
         observation = record.asset_observation
         if observation and HEALTHY in observation.metadata:
             recorded = observation.metadata.get("fingerprint")
             if recorded is not None and recorded.value == fingerprint:
-                return True
-    return False
+                return record
+    return None
+
+
+def passed_staging(instance: dg.DagsterInstance, hub_name: str, fingerprint: str) -> bool:
+    """Whether this exact hub configuration was healthy on staging (the promotion gate's question)."""
+    return staging_pass(instance, hub_name, fingerprint) is not None
 
 
 def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None:

@@ -7,6 +7,7 @@ tree, so `hubploy tags --rev prod` answers for the prod branch whatever is check
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -19,7 +20,9 @@ from hubploy_dagster.changes import change_set
 from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError, HubployError
+from hubploy_dagster.history import deploy_history, history_table, open_instance, record_cli_deploy
 from hubploy_dagster.images import BuildOptions
+from hubploy_dagster.keys import ENVIRONMENTS
 from hubploy_dagster.release import DeployOptions, deploy_hub, refuse_secret_printing
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DockerEngineResource
@@ -209,7 +212,12 @@ def deploy(
     dry_run: bool,
     helm_debug: bool,
 ) -> None:
-    """Deploy HUB's ENVIRONMENT release with the helm CHART folder, as `hubploy deploy` does."""
+    """Deploy HUB's ENVIRONMENT release with the helm CHART folder, as `hubploy deploy` does.
+
+    hubploy's deploy exactly: no health checks, no promotion gate. When DAGSTER_HOME is set, the deploy is also
+    recorded in that Dagster instance as a materialization of the hub's release marked `launched_by: cli` (it
+    runs here, not in a Dagster run), so `hubploy history` and the UI list it beside the sensor's deploys.
+    """
     options = DeployOptions(
         chart=chart.rstrip("/"),
         namespace=namespace,
@@ -227,8 +235,37 @@ def deploy(
     deployment_repo = DeploymentRepo(repo)
     deployment = load_deployment(deployment_repo.snapshot(rev))
     log = lambda line: click.echo(line, err=True)  # noqa: E731
-    result = deploy_hub(deployment_repo, deployment, deployment.hub(hub), environment, Sops(), options, log)
+    target = deployment.hub(hub)
+    result = deploy_hub(deployment_repo, deployment, target, environment, Sops(), options, log)
+    if os.environ.get("DAGSTER_HOME") and not dry_run:
+        record_cli_deploy(open_instance(), deployment_repo, deployment, target, result, options)
+        log(f"recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
     click.echo(f"{result.release}\t{result.namespace}\trevision {result.revision}\t{result.status}")
+
+
+@main.command()
+@click.argument("hub", required=False)
+@click.option("--env", type=click.Choice(ENVIRONMENTS), help="Only this environment.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest entries to list.")
+@click.option("--repo", envvar="HUBPLOY_REPO", help="Deployment repository for commit authors [env: HUBPLOY_REPO].")
+@json_option
+@reports_errors
+def history(hub: str | None, env: str | None, limit: int, repo: str | None, as_json: bool) -> None:
+    """The deploy audit of HUB (or every hub) from the Dagster instance at DAGSTER_HOME, newest first.
+
+    One entry per release, rollback and refused promotion: commit and its author, image tag, helm revision,
+    checks, run, and how it was started (sensor, cli, ui or other).
+    """
+    entries = deploy_history(open_instance(), hub, env, limit, repo)
+    if as_json:
+        _emit_json([entry.as_json() for entry in entries])
+        return
+    if not entries:
+        scope = "".join(f" {part}" for part in (hub and f"of hub {hub}", env and f"in {env}") if part)
+        click.echo(f"no deploys recorded{scope} in the Dagster instance at {os.environ['DAGSTER_HOME']}")
+        return
+    for line in history_table(entries):
+        click.echo(line)
 
 
 @main.command()

@@ -15,6 +15,7 @@ from functools import lru_cache
 from hubploy_dagster.config import HubployConfig, ImageSpec, load_hubploy_config
 from hubploy_dagster.errors import ConfigError, ConfigProblem, UnknownHubError
 from hubploy_dagster.repo import Snapshot
+from hubploy_dagster.secrets import is_sops_encrypted
 
 HUB_ROOTS = ("hubs", "deployments")
 CONFIG_FILE = "hubploy.yaml"
@@ -148,7 +149,7 @@ def _load_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProb
     if isinstance(parsed, tuple):
         return [ConfigProblem(file, key, reason) for key, reason in parsed]
     hub = Hub(name=name, root=root, config=parsed)
-    return _missing_paths(snapshot, hub, file) or hub
+    return _missing_paths(snapshot, hub, file) + _plaintext_secrets(snapshot, hub) or hub
 
 
 def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProblem]:
@@ -161,3 +162,32 @@ def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProble
     if not snapshot.is_dir(hub.config.chart):
         problems.append(ConfigProblem(file, "chart", f"chart folder {hub.config.chart} does not exist"))
     return problems
+
+
+def _plaintext_secrets(snapshot: Snapshot, hub: Hub) -> list[ConfigProblem]:
+    """Files under the hub's secrets/ that sops did not encrypt: the hub is refused before anything runs.
+
+    Found here, at discovery, so that the sensor reports such a hub and deploys the others of the commit.
+    """
+    if hub.config.secrets.encryption != "sops":
+        return []
+    return [
+        ConfigProblem(
+            snapshot.describe(path), "", "is not sops-encrypted (no top-level 'sops' key): encrypt it with sops"
+        )
+        for path, blob_id in _files_under(snapshot, f"{hub.path}/secrets")
+        if not _encrypted(blob_id, snapshot.read(path) or b"")
+    ]
+
+
+def _files_under(snapshot: Snapshot, folder: str) -> list[tuple[str, str]]:
+    found = []
+    for entry in snapshot.list_dir(folder):
+        path = f"{folder}/{entry.name}"
+        found += _files_under(snapshot, path) if entry.type == "tree" else [(path, entry.hexsha)]
+    return found
+
+
+@lru_cache(maxsize=8192)
+def _encrypted(blob_id: str, content: bytes) -> bool:
+    return is_sops_encrypted(content)

@@ -1,0 +1,314 @@
+"""The deploy audit: every release, rollback and refused promotion the Dagster instance recorded, one row each.
+
+Dagster already stores what an audit needs, in several kinds of record: the release materializations
+(`<hub>/staging`, `<hub>/prod`) say what was deployed, observations on the same assets say what was rolled
+back or refused, check evaluations say whether the release was healthy, and run tags say how the run was
+started. They are joined here in a handful of queries (one per kind of record, one per release check of the
+assets in view, one for all the runs), never one per row; each commit's author comes from git.
+
+`hubploy deploy` runs hubploy's deploy outside Dagster (its flags have no place in a Dagster run), so
+`record_cli_deploy` enters it in the same instance as a runless materialization with the release's metadata:
+sensor, UI and CLI deploys share one history.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import git
+
+from hubploy_dagster.checks import CHECK_NAMES, ROLLBACK
+from hubploy_dagster.deployment import Deployment, Hub
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.keys import ENVIRONMENTS, release_key
+from hubploy_dagster.lineage import release_metadata
+from hubploy_dagster.release import DeployOptions, ReleaseResult
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.resources import TAG_GIT_SHA
+
+LAUNCHED_BY = "launched_by"  # metadata key of CLI deploys, which have no run to carry tags
+SENSOR_TAG = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
+FROM_UI_TAG = "dagster/from_ui"  # set by the Dagster UI on every run launched from it (launchpad, Materialize)
+PAGE = 200
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The instance the webserver and daemon use, named by DAGSTER_HOME; a clear error when it is not set."""
+    if not os.environ.get("DAGSTER_HOME"):
+        raise HubployError(
+            "DAGSTER_HOME is not set: the deploy history lives in the Dagster instance; set DAGSTER_HOME to the "
+            "folder of the instance's dagster.yaml (the one `dagster dev` or the daemon uses)"
+        )
+    return dg.DagsterInstance.get()
+
+
+def record_cli_deploy(
+    instance: dg.DagsterInstance,
+    repo: DeploymentRepo,
+    deployment: Deployment,
+    hub: Hub,
+    result: ReleaseResult,
+    options: DeployOptions,
+) -> None:
+    """Enter a `hubploy deploy` in the instance as a materialization of the hub's release, marked as the CLI's.
+
+    No checks ran, so it never counts for the promotion gate. The configuration fingerprint (what the sensor
+    compares to skip a redeploy) is recorded only when nothing but the commit shaped the release: extra
+    values, another chart, chart version or namespace make the release differ from what is committed.
+    """
+    as_committed = not (options.set_values or options.set_string_values or options.version or options.namespace)
+    metadata = {**release_metadata(result, repo, None), LAUNCHED_BY: "cli"}
+    if as_committed and options.chart in (None, hub.config.chart):
+        metadata["fingerprint"] = deployment.fingerprint(hub)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=release_key(result.hub, result.env), metadata=metadata)
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the audit: a release, a rollback or a refused promotion of one hub in one environment."""
+
+    timestamp: float
+    hub: str
+    env: str
+    event: str  # release | rollback | refused
+    git_sha: str
+    run_id: str
+    launched_by: str  # sensor | cli | ui | other | unknown (the run was deleted)
+    image_tag: str = ""
+    helm_revision: int | None = None
+    checks_passed: list[str] = field(default_factory=list)
+    checks_failed: list[str] = field(default_factory=list)
+    rollbacks: list[str] = field(default_factory=list)
+    detail: str = ""
+    author: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "time": _time(self.timestamp)}
+
+
+def deploy_history(
+    instance: dg.DagsterInstance,
+    hub: str | None = None,
+    env: str | None = None,
+    limit: int = 50,
+    repo_source: str | None = None,
+) -> list[Entry]:
+    """The newest `limit` entries, newest first, of one hub or all, in one environment or both."""
+    keys = [release_key(hub, e) for e in ([env] if env else ENVIRONMENTS)] if hub else None
+
+    def in_view(record: dg.EventLogRecord) -> bool:
+        path = record.asset_key.path if record.asset_key else []
+        return len(path) == 2 and path[1] in ENVIRONMENTS and env in (None, path[1])
+
+    releases = _newest(instance, dg.DagsterEventType.ASSET_MATERIALIZATION, keys, in_view, limit)
+    events = _newest(
+        instance, dg.DagsterEventType.ASSET_OBSERVATION, keys, lambda r: in_view(r) and _event_kind(r) != "", limit
+    )
+    records = sorted(releases + events, key=lambda r: r.storage_id, reverse=True)[:limit]
+    run_ids = sorted({r.run_id for r in records if r.run_id})
+    runs = (
+        {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=run_ids))} if run_ids else {}
+    )
+    checks = _check_results(instance, records, runs)
+    rollbacks: dict[tuple[str, dg.AssetKey], list[str]] = defaultdict(list)
+    for record in reversed(events):
+        if _event_kind(record) == "rollback" and record.asset_key:
+            rollbacks[(record.run_id, record.asset_key)].append(_rollback_summary(_values(record)))
+    entries = [_entry(r, runs[r.run_id].dagster_run if r.run_id in runs else None, checks, rollbacks) for r in records]
+    authors = commit_authors(repo_source, {e.git_sha for e in entries if e.git_sha})
+    return [replace(e, author=authors.get(e.git_sha, "")) for e in entries]
+
+
+def _newest(
+    instance: dg.DagsterInstance,
+    event_type: dg.DagsterEventType,
+    keys: list[dg.AssetKey] | None,
+    keep: Callable[[dg.EventLogRecord], bool],
+    limit: int,
+) -> list[dg.EventLogRecord]:
+    """The newest `limit` records of a type that `keep` accepts, for each key (or across all assets: None).
+
+    The storage's `get_event_records` is the one query that spans every asset key (the instance's
+    `fetch_materializations` takes one key; its `get_event_records` wrapper is deprecated for this).
+    """
+    found: list[dg.EventLogRecord] = []
+    for key in keys or [None]:
+        kept: list[dg.EventLogRecord] = []
+        before: int | None = None
+        while len(kept) < limit:
+            query = dg.EventRecordsFilter(event_type, asset_key=key, before_cursor=before)
+            page = instance.event_log_storage.get_event_records(query, limit=PAGE)
+            kept += [record for record in page if keep(record)]
+            if len(page) < PAGE:
+                break
+            before = page[-1].storage_id
+        found += kept[:limit]
+    return found
+
+
+def _values(record: dg.EventLogRecord) -> dict[str, Any]:
+    event = record.asset_materialization or record.asset_observation
+    return {k: v.value for k, v in event.metadata.items()} if event else {}
+
+
+def _event_kind(record: dg.EventLogRecord) -> str:
+    """Which observations are audit entries: rollbacks and refused promotions (not the healthy records)."""
+    values = _values(record)
+    if ROLLBACK in values:
+        return "rollback"
+    return "refused" if values.get("promotion") == "refused" else ""
+
+
+def _check_results(
+    instance: dg.DagsterInstance, records: list[dg.EventLogRecord], runs: dict[str, dg.RunRecord]
+) -> dict[tuple[str, dg.AssetKey], dict[str, bool]]:
+    """Each run's release check outcomes per asset: one query per check of each asset in view.
+
+    A check's execution record is created when its run plans it, so the oldest run in view bounds the search.
+    """
+    oldest: dict[dg.AssetKey, float] = {}
+    for record in records:
+        if record.asset_key and record.run_id in runs:
+            created = runs[record.run_id].create_timestamp.timestamp()
+            oldest[record.asset_key] = min(created, oldest.get(record.asset_key, created))
+    results: dict[tuple[str, dg.AssetKey], dict[str, bool]] = defaultdict(dict)
+    for key, since in oldest.items():
+        for name in CHECK_NAMES:
+            for execution in _executions_since(instance, dg.AssetCheckKey(key, name), since):
+                if execution.status.value in ("SUCCEEDED", "FAILED"):
+                    results[(execution.run_id, key)][name] = execution.status.value == "SUCCEEDED"
+    return results
+
+
+def _executions_since(instance: dg.DagsterInstance, check: dg.AssetCheckKey, since: float) -> Iterable[Any]:
+    cursor: int | None = None
+    while True:
+        page = instance.event_log_storage.get_asset_check_execution_history(check, limit=PAGE, cursor=cursor)
+        yield from (execution for execution in page if execution.create_timestamp >= since)
+        if len(page) < PAGE or page[-1].create_timestamp < since:
+            return
+        cursor = page[-1].id
+
+
+def _rollback_summary(values: dict[str, Any]) -> str:
+    state = values[ROLLBACK]
+    if state == "impossible":
+        return f"impossible from revision {values.get('from_revision')}: no earlier healthy revision"
+    start = "manual" if state == "manual" else f"{values.get('from_revision')}"
+    return f"{start} -> {values.get('to_revision')} (now revision {values.get('new_revision')})"
+
+
+def launched_by(run: dg.DagsterRun | None, values: dict[str, Any]) -> str:
+    if values.get(LAUNCHED_BY):
+        return str(values[LAUNCHED_BY])
+    if run is None:
+        return "unknown"
+    if SENSOR_TAG in run.tags:
+        return "sensor"
+    return "ui" if run.tags.get(FROM_UI_TAG) == "true" else "other"
+
+
+def _entry(
+    record: dg.EventLogRecord,
+    run: dg.DagsterRun | None,
+    checks: dict[tuple[str, dg.AssetKey], dict[str, bool]],
+    rollbacks: dict[tuple[str, dg.AssetKey], list[str]],
+) -> Entry:
+    assert record.asset_key is not None
+    values = _values(record)
+    outcomes = checks.get((record.run_id, record.asset_key), {})
+    common = {
+        "timestamp": record.timestamp,
+        "hub": record.asset_key.path[0],
+        "env": record.asset_key.path[1],
+        "run_id": record.run_id,
+        "launched_by": launched_by(run, values),
+        "checks_passed": [name for name, passed in outcomes.items() if passed],
+        "checks_failed": [name for name, passed in outcomes.items() if not passed],
+    }
+    run_sha = run.tags.get(TAG_GIT_SHA, "") if run else ""
+    kind = _event_kind(record) if record.asset_observation else "release"
+    if kind == "rollback":
+        failed = f"failed checks: {values['failed_checks']}" if values.get("failed_checks") else ""
+        revision = values.get("new_revision")
+        return Entry(
+            event=kind,
+            git_sha=run_sha,
+            helm_revision=revision,
+            rollbacks=[_rollback_summary(values)],
+            detail=failed,
+            **common,
+        )
+    if kind == "refused":
+        return Entry(event=kind, git_sha=str(values.get("git_sha", run_sha)), detail=str(values["reason"]), **common)
+    details = [f"promoted from run {values['promoted_from_run']}"] if "promoted_from_run" in values else []
+    if "promotion_override" in values:
+        details.append(f"promotion override: {values['promotion_override']}")
+    return Entry(
+        event=kind,
+        git_sha=str(values.get("git_sha", "")),
+        image_tag=", ".join(ref.rpartition(":")[2] for ref in str(values.get("image", "")).split(", ") if ref),
+        helm_revision=values.get("helm_revision"),
+        rollbacks=rollbacks.get((record.run_id, record.asset_key), []),
+        detail="; ".join(details),
+        **common,
+    )
+
+
+def commit_authors(source: str | None, shas: set[str]) -> dict[str, str]:
+    """Each commit's author from the deployment repository; none when it cannot be read (rows stay, blank)."""
+    if not source or not shas:
+        return {}
+    try:
+        repo = DeploymentRepo(source)
+        repo.fetch()
+    except (HubployError, git.GitCommandError):
+        return {}
+    authors = {}
+    for sha in shas:
+        try:
+            authors[sha] = str(repo.git_repo.commit(sha).author.name)
+        except (ValueError, git.BadName):
+            continue
+    return authors
+
+
+def _time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def history_table(entries: list[Entry]) -> list[str]:
+    """The entries as aligned text columns, newest first."""
+    header = ("TIME", "HUB", "ENV", "EVENT", "SHA", "AUTHOR", "TAG", "REV", "CHECKS", "ROLLBACK", "RUN", "BY", "DETAIL")
+    rows = [header]
+    for e in entries:
+        checks = f"{len(e.checks_passed)} passed" + (
+            f", failed: {', '.join(e.checks_failed)}" if e.checks_failed else ""
+        )
+        rows.append(
+            (
+                _time(e.timestamp),
+                e.hub,
+                e.env,
+                e.event,
+                e.git_sha[:7] or "-",
+                e.author or "-",
+                e.image_tag or "-",
+                str(e.helm_revision) if e.helm_revision is not None else "-",
+                checks if e.checks_passed or e.checks_failed else "-",
+                "; ".join(e.rollbacks) or "-",
+                e.run_id[:8] or "-",
+                e.launched_by,
+                e.detail,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

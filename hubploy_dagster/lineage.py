@@ -1,0 +1,102 @@
+"""Where a release came from, as links the Dagster UI shows: the commit on its forge, the run, the staging pass.
+
+A release's materialization is where an operator starts when asking "what is this hub running, and why":
+its metadata links the commit page (when the deployment repository lives on a forge we know how to link
+to), the run that deployed it (when the webserver's address is configured), and for prod the staging
+materialization whose checks allowed the promotion. Only the forge's host and repository path are ever
+taken from a remote URL, so credentials in it (`https://user:token@...`) never reach the metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import dagster as dg
+
+from hubploy_dagster.keys import release_key
+from hubploy_dagster.release import ReleaseResult
+from hubploy_dagster.repo import DeploymentRepo
+
+WEBSERVER_ENV = "HUBPLOY_WEBSERVER_URL"
+
+# The commit page of each forge, relative to the repository's page.
+FORGE_COMMIT_PATHS = {
+    "github.com": "commit/{sha}",
+    "gitlab.com": "-/commit/{sha}",
+    "bitbucket.org": "commits/{sha}",
+}
+
+# git's scp-like form: `git@github.com:owner/repo.git` (no scheme, a colon before the path).
+SCP_LIKE = re.compile(r"^(?:[^@/:]+@)?(?P<host>[^@/:]+):(?P<path>[^/].*)$")
+
+
+def forge_repository(remote: str | None) -> tuple[str, str] | None:
+    """(host, owner/repo) of a remote on a known forge, in https, ssh:// or scp-like form; None otherwise."""
+    if not remote:
+        return None
+    parts = urlsplit(remote)
+    if parts.scheme in ("https", "http", "ssh", "git") and parts.hostname:
+        host, path = parts.hostname, parts.path
+    elif not parts.scheme and (match := SCP_LIKE.match(remote)):
+        host, path = match["host"], match["path"]
+    else:
+        return None
+    path = path.strip("/").removesuffix(".git")
+    if host.lower() not in FORGE_COMMIT_PATHS or "/" not in path:
+        return None
+    return host.lower(), path
+
+
+def commit_url(remote: str | None, sha: str) -> str | None:
+    found = forge_repository(remote)
+    if found is None:
+        return None
+    host, path = found
+    return f"https://{host}/{path}/{FORGE_COMMIT_PATHS[host].format(sha=sha)}"
+
+
+def run_url(webserver: str | None, run_id: str | None) -> str | None:
+    return f"{webserver.rstrip('/')}/runs/{run_id}" if webserver and run_id else None
+
+
+def remote_of(repo: DeploymentRepo) -> str | None:
+    """The deployment repository's forge address: its URL when mirrored, else a local clone's `origin`."""
+    if repo.mirrored:
+        return repo.source
+    return next((remote.url for remote in repo.git_repo.remotes if remote.name == "origin"), None)
+
+
+def release_metadata(result: ReleaseResult, repo: DeploymentRepo, run_id: str | None) -> dict[str, Any]:
+    """What a release deployed (helm's record) and where it came from: the commit, the image, the run."""
+    link = commit_url(remote_of(repo), result.git_sha)
+    metadata: dict[str, Any] = {
+        **result.metadata(),
+        "commit": dg.MetadataValue.url(link) if link else dg.MetadataValue.text(result.git_sha),
+    }
+    if result.url:
+        metadata["url"] = dg.MetadataValue.url(result.url)
+    if run := run_url(os.environ.get(WEBSERVER_ENV), run_id):
+        metadata["run"] = dg.MetadataValue.url(run)
+    return metadata
+
+
+def promoted_from(instance: dg.DagsterInstance, hub_name: str, passed: dg.EventLogRecord) -> dict[str, Any]:
+    """For prod: the staging materialization whose checks passed (`passed`, the gate's record), and its run.
+
+    The checks read the latest staging materialization when they ran, so the one they passed is the newest
+    one stored before their healthy record.
+    """
+    staging = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=release_key(hub_name, "staging"), before_storage_id=passed.storage_id), limit=1
+    ).records
+    run_id = staging[0].run_id if staging else passed.run_id
+    metadata: dict[str, Any] = {"promoted_from_run": run_id}
+    if staging:
+        metadata["promoted_from_storage_id"] = staging[0].storage_id
+        metadata["promoted_from_time"] = dg.MetadataValue.timestamp(staging[0].timestamp)
+    if link := run_url(os.environ.get(WEBSERVER_ENV), run_id):
+        metadata["promoted_from_run_link"] = dg.MetadataValue.url(link)
+    return metadata
