@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -184,6 +185,43 @@ def test_registry_down_names_host_and_port_and_builds_nothing(repo_builder: Repo
     assert len(retries) == 2, "a registry outage is transient: the step is retried before it fails"
     assert RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(sha)) is None
     assert materialize_image(repo_builder, sha).success, "the same run succeeds once the registry is back"
+
+
+def test_registry_lost_during_the_build_leaves_nothing_pushed_and_a_rerun_succeeds(
+    repo_builder: RepoBuilder, registry, docker_client
+):
+    """The registry answers the tag look-up, then goes down while a RUN step builds: the push fails naming
+    the registry, no tag is left in it, and the same deploy run again once it is back pushes a verified image."""
+    image = f"{registry.host}/tests/{uuid.uuid4().hex[:8]}-midway"
+    marker = f"sleep 5 # {uuid.uuid4().hex[:8]}"
+    sha = image_hub(repo_builder, image, dockerfile=DOCKERFILE + f"RUN {marker}\n")
+    stopped = threading.Event()
+
+    def stop_registry_once_building() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for container in docker_client.containers.list():
+                if marker in " ".join(container.attrs["Config"].get("Cmd") or []):
+                    registry.stop()
+                    stopped.set()
+                    return
+            time.sleep(0.2)
+
+    stopper = threading.Thread(target=stop_registry_once_building, daemon=True)
+    stopper.start()
+    try:
+        result = materialize_image(repo_builder, sha)
+    finally:
+        stopper.join(timeout=130)
+        registry.start()
+    assert stopped.is_set(), "the build never reached its RUN step"
+    assert not result.success
+    assert registry.host in result.error(), result.error()
+    assert RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(sha)) is None  # nothing half-pushed
+    rerun = materialize_image(repo_builder, sha)
+    assert rerun.success, rerun.error()
+    recorded = rerun.metadata("image")["images"][0]
+    assert RegistryClient(lambda host: None).manifest_digest(image, tag_from_sha(sha)) == recorded["digest"]
 
 
 def docker_config_hub(builder: RepoBuilder, tmp_path: Path, image: str, host: str, user: str, password: str) -> Path:
