@@ -16,7 +16,7 @@ The history (`--hubs` 24, `--commits` 200, `--seed` 1; everything follows from t
   `workloads` check has something to check), `shared/courses.yaml` (a `watch_paths` entry of every third hub) and
   docs. Hubs check only `release` and `workloads` (hubploy_dagster/config.py HealthSettings: no hub URL);
 - then single-purpose changes: a hub's image (Dockerfile or environment.yml) 25 %, a hub's values 35 %, the
-  watched file 5 %, the chart 1.5 % (every hub), docs 33.5 %. About one hub change in eight is made on a feature
+  watched file 5 %, the chart 2 % (every hub), docs 33 %. About one hub change in eight is made on a feature
   branch and merged into `staging` with a `--no-ff` merge two or three pushes later; one hub in twelve is added
   to the repository part-way through (the code location is reloaded, as after the sensor's reload request);
 - every 8 to 15 pushes `staging` is merged into `prod` (a two-parent merge commit whose tree is staging's), and
@@ -80,7 +80,7 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]  # the product, 
 BASE_IMAGE = "hubploy-dagster/base:busybox"
 BRANCHES = {"staging": "staging", "prod": "prod"}
 WATCHED = "shared/courses.yaml"
-CHANGE_WEIGHTS: dict[str, float] = {"image": 0.25, "config": 0.35, "watched": 0.05, "chart": 0.015, "docs": 0.335}
+CHANGE_WEIGHTS: dict[str, float] = {"image": 0.25, "config": 0.35, "watched": 0.05, "chart": 0.02, "docs": 0.33}
 P_FEATURE = 0.125  # a hub change made on a feature branch, merged into staging a few pushes later
 PROD_EVERY = (8, 15)  # staging pushes between two merges of staging into prod
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
