@@ -23,6 +23,7 @@ from hubploy_dagster.errors import ConfigError, HubployError
 from hubploy_dagster.history import deploy_history, history_table, open_instance, record_cli_deploy
 from hubploy_dagster.images import BuildOptions
 from hubploy_dagster.keys import ENVIRONMENTS
+from hubploy_dagster.plan import branch_head, env_branch, plan_deploy
 from hubploy_dagster.release import DeployOptions, deploy_hub, refuse_secret_printing
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DockerEngineResource
@@ -286,6 +287,26 @@ def validate(repo: str, rev: str) -> None:
     if not report.hubs:
         raise HubployError(f"no hubs found under hubs/ or deployments/ at {report.sha[:7]}")
     click.echo(f"ok: {len(report.hubs)} hubs valid at {report.sha[:7]} ({report.renders} chart renders)")
+
+
+@main.command()
+@repo_option
+@click.option("--env", default="staging", show_default=True, type=click.Choice(ENVIRONMENTS), help="Environment.")
+@click.option(
+    "--from", "from_rev", help="Plan the hubs changed since this commit (default: every hub against its release)."
+)
+@click.option("--to", "to_rev", help="Commit to plan (default: the head of the environment's branch).")
+@json_option
+@reports_errors
+def plan(repo: str, env: str, from_rev: str | None, to_rev: str | None, as_json: bool) -> None:
+    """What deploying ENV at a commit would change: hubs, images to build, and a diff of each hub's resources."""
+    deployment_repo = DeploymentRepo(repo)
+    new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, env_branch(env))
+    result = plan_deploy(deployment_repo, env, new, from_rev, Sops(), lambda line: click.echo(line, err=True))
+    if as_json:
+        _emit_json(result.to_json())
+        return
+    click.echo(result.to_text(), nl=False)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from hubploy_dagster.keys import group_name
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from jobs.deploy import deploy_jobs, rollback
+from jobs.plan import plan
 from sensors.git_sensor import WEBSERVER_ENV, build_git_sensor
 from sensors.notify import build_failure_sensor
 
@@ -64,7 +65,7 @@ def build_definitions(source: str, branches: tuple[str, ...] = DEFAULT_BRANCHES)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[*deploy_jobs(hubs), rollback],
+        jobs=[*deploy_jobs(hubs), rollback, plan],
         sensors=sensors,
         resources=resources_from_environment(source, branches),
     )

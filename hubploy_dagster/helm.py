@@ -144,6 +144,22 @@ class Helm:
             args += ["--kube-context", kube_context]
         return json.loads(self.run(args, f"helm history {release}", quiet=True))
 
+    def live_manifests(self, release: str, namespace: str, kube_context: str | None = None) -> str | None:
+        """What the deployed revision applied: `helm get manifest` plus its hooks (`helm template` renders both).
+
+        None when there is no such release. The text carries secret values: callers mask it.
+        """
+        context = ["--kube-context", kube_context] if kube_context else []
+        try:
+            return "\n---\n".join(
+                self.run(["get", part, release, "--namespace", namespace, *context], f"helm get {part}", quiet=True)
+                for part in ("manifest", "hooks")
+            )
+        except HelmError as exc:
+            if "release: not found" in str(exc):
+                return None
+            raise
+
 
 def chart_dependencies(chart: Path) -> list[dict[str, Any]]:
     data = yaml.safe_load((chart / "Chart.yaml").read_text()) or {}

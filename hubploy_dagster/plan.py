@@ -1,0 +1,269 @@
+"""`hubploy plan`: what a deploy of an environment at commit B would do, before anything is done.
+
+For each hub it compares the live release (`helm get manifest` and hooks, with the hub's own cluster login)
+with what commit B renders (`helm template --dry-run=server`, so that charts which `lookup` their existing
+Secrets, as Zero to JupyterHub does for generated tokens, render what an upgrade would apply instead of new
+random values). Both sides are split into Kubernetes resources (kind, namespace, name), sorted, and compared
+with difflib, one unified diff per resource.
+
+Secrets: every value under a Secret's `data` and `stringData` is replaced on both sides by a marker holding a
+keyed digest (a random key per plan), so a changed value shows as a changed marker and an unchanged one as
+unchanged, yet nothing about the value can be learned from the plan, not even by guessing candidates. The
+Masker of the decrypted values then runs over all the text, in case a value appears anywhere else.
+
+Which hubs: with `--from A`, the change set A -> B (hubs whose inputs changed); without it, every hub whose
+rendered resources differ from its live release, or that is not installed yet. Images whose tag is not in
+the registry are listed: staging would build them; a prod deploy would refuse (prod never builds).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import yaml
+
+from hubploy_dagster.changes import compare
+from hubploy_dagster.cloud import registry_login
+from hubploy_dagster.deployment import Deployment, Hub, load_deployment
+from hubploy_dagster.errors import ConfigProblem, HubployError
+from hubploy_dagster.helm import ImageValue
+from hubploy_dagster.registry import RegistryClient
+from hubploy_dagster.release import DeployOptions, hub_images, prepared_release
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.secrets import MASK, Masker, Sops
+
+SECRET_FIELDS = ("data", "stringData")
+DEFAULT_BRANCHES = "staging,prod"
+
+
+class ResourceId(NamedTuple):
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return "/".join(part for part in self if part)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Manifests split per resource, Secret values already replaced by markers."""
+
+    texts: dict[ResourceId, str]
+    secrets: dict[ResourceId, dict[str, str]]  # Secret -> {"data.<key>": marker}
+
+
+@dataclass(frozen=True)
+class HubPlan:
+    hub: str
+    release: str
+    namespace: str
+    installed: bool
+    diff: str
+    secret_changes: list[str]
+    images: list[str]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.diff) or not self.installed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hub": self.hub,
+            "release": self.release,
+            "namespace": self.namespace,
+            "action": "upgrade" if self.installed else "install",
+            "images": self.images,
+            "secret_changes": self.secret_changes,
+            "diff": self.diff,
+        }
+
+
+@dataclass
+class Plan:
+    env: str
+    old: str | None
+    new: str
+    hubs: list[HubPlan] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    to_build: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+    @property
+    def images_verb(self) -> str:
+        return "to build" if self.env == "staging" else "missing (prod never builds: deploy would fail)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env": self.env,
+            "from": self.old,
+            "to": self.new,
+            "hubs": [h.to_json() for h in self.hubs],
+            "unchanged": self.unchanged,
+            "images_to_build": self.to_build,
+            "removed": self.removed,
+            "problems": [str(p) for p in self.problems],
+        }
+
+    def summary(self) -> list[str]:
+        base = f"the change set {self.old[:7]}..{self.new[:7]}" if self.old else "the live releases"
+        counts = f"{len(self.hubs)} hub(s) to deploy" + (f", {len(self.unchanged)} unchanged" if self.unchanged else "")
+        lines = [f"plan for {self.env} at {self.new[:7]} against {base}: {counts}"]
+        for hub in self.hubs:
+            action = "upgrade" if hub.installed else "install"
+            lines.append(f"deploy\t{hub.hub}\t{action} {hub.release} in {hub.namespace}")
+            lines += [f"secret\t{hub.hub}\t{change}" for change in hub.secret_changes]
+        lines += [f"image\t{image}\t{self.images_verb}" for image in self.to_build]
+        lines += [f"removed\t{name}\t(its releases are left installed)" for name in self.removed]
+        lines += [f"invalid\t{problem}" for problem in self.problems]
+        return lines
+
+    def to_text(self) -> str:
+        parts = ["\n".join(self.summary())]
+        for hub in self.hubs:
+            parts.append(f"\n=== {hub.hub} ({hub.release} in {hub.namespace})\n{hub.diff or '(no manifest change)'}")
+        return "\n".join(parts) + "\n"
+
+    def to_markdown(self) -> str:
+        headline, *items = self.summary()
+        lines = [f"## Plan for {self.env} at `{self.new[:7]}`", "", headline, ""]
+        lines += [f"- {item.replace(chr(9), ' ')}" for item in items]
+        for hub in self.hubs:
+            lines += ["", f"### {hub.hub}", "", "```diff", hub.diff or "(no manifest change)", "```"]
+        return "\n".join(lines) + "\n"
+
+
+def env_branch(env: str) -> str:
+    """The branch an environment follows, as the code location reads HUBPLOY_BRANCHES: staging first, prod last."""
+    branches = os.environ.get("HUBPLOY_BRANCHES", DEFAULT_BRANCHES).split(",")
+    return {"staging": branches[0], "prod": branches[-1]}.get(env, env)
+
+
+def branch_head(repo: DeploymentRepo, branch: str) -> str:
+    """The branch's current head (asked of the source, so a mirror is never stale)."""
+    head = repo.heads([branch]).get(branch)
+    if head is None:
+        raise HubployError(f"{repo.source} has no branch {branch!r}")
+    return repo.resolve(head)
+
+
+def plan_deploy(
+    repo: DeploymentRepo, env: str, new: str, old: str | None, sops: Sops, log: Callable[[str], None]
+) -> Plan:
+    after = load_deployment(repo.snapshot(new))
+    plan = Plan(env, None, after.sha, problems=after.problems)
+    candidates = sorted(after.hubs)
+    if old is not None:
+        changes = compare(repo, load_deployment(repo.snapshot(old)), after)
+        plan.old, candidates, plan.removed = changes.old, changes.changed, changes.removed
+    planner = _HubPlanner(repo, after, env, sops, log)
+    for name in candidates:
+        hub = after.hubs[name]
+        images = hub_images(repo, after, hub)
+        hub_plan = planner.plan(hub, images)
+        if old is None and not hub_plan.changed:
+            plan.unchanged.append(name)
+            continue
+        plan.hubs.append(hub_plan)
+        plan.to_build += planner.missing_images(hub, images)
+    return plan
+
+
+@dataclass
+class _HubPlanner:
+    """What one plan shares across its hubs: the commit, one Masker, and one random key for Secret markers."""
+
+    repo: DeploymentRepo
+    deployment: Deployment
+    env: str
+    sops: Sops
+    log: Callable[[str], None]
+    masker: Masker = field(default_factory=Masker)
+    key: bytes = field(default_factory=lambda: os.urandom(32))
+
+    def plan(self, hub: Hub, images: list[ImageValue]) -> HubPlan:
+        """The live release against what this commit renders, with the hub's cluster login."""
+        sha, env = self.deployment.sha, self.env
+        with prepared_release(
+            self.repo, self.deployment, hub, env, self.sops, DeployOptions(), self.log, self.masker, images
+        ) as prepared:
+            request, helm = prepared.request, prepared.helm
+            live = helm.live_manifests(request.release, request.namespace, request.kube_context)
+            args = [*request.template_args(), "--dry-run=server", *(["--is-upgrade"] if live is not None else [])]
+            rendered = helm.run(args, f"helm template of {hub.name} ({env}) at {sha[:7]}", quiet=True)
+        before, after = split_resources(live or "", self.key), split_resources(rendered, self.key)
+        return HubPlan(
+            hub=hub.name,
+            release=request.release,
+            namespace=request.namespace,
+            installed=live is not None,
+            diff=self.masker(manifest_diff(before, after, sha[:7])),
+            secret_changes=secret_changes(before, after) if live is not None else [],
+            images=[f"{image.name}:{image.tag}" for image in images],
+        )
+
+    def missing_images(self, hub: Hub, images: list[ImageValue]) -> list[str]:
+        """The hub's images whose tag is not in the registry, asked with the hub's registry login."""
+        with registry_login(hub, self.deployment.snapshot, self.sops, self.masker) as login:
+            registry = RegistryClient(login.credentials)
+            return [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
+
+
+def split_resources(text: str, key: bytes) -> Resources:
+    texts: dict[ResourceId, str] = {}
+    secrets: dict[ResourceId, dict[str, str]] = {}
+    for document in yaml.safe_load_all(text):
+        if not isinstance(document, dict):
+            continue
+        metadata = document.get("metadata") or {}
+        ident = ResourceId(str(document.get("kind", "")), str(metadata.get("namespace", "")), str(metadata.get("name")))
+        if ident.kind == "Secret":
+            secrets[ident] = mask_secret(document, key)
+        texts[ident] = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    return Resources(texts, secrets)
+
+
+def mask_secret(secret: dict[str, Any], key: bytes) -> dict[str, str]:
+    """Replace the Secret's values in place by markers; returns {"<field>.<name>": marker} to compare."""
+    markers = {}
+    for name in SECRET_FIELDS:
+        values = secret.get(name)
+        if isinstance(values, dict):
+            for item, value in values.items():
+                digest = hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:12]
+                values[item] = markers[f"{name}.{item}"] = f"{MASK} #{digest}"
+    return markers
+
+
+def manifest_diff(before: Resources, after: Resources, new_label: str) -> str:
+    """One unified diff per resource, resources sorted by kind, namespace and name."""
+    lines: list[str] = []
+    for ident in sorted(before.texts.keys() | after.texts.keys()):
+        old, new = before.texts.get(ident), after.texts.get(ident)
+        lines += difflib.unified_diff(
+            (old or "").splitlines(),
+            (new or "").splitlines(),
+            f"live/{ident}" if old is not None else "/dev/null",
+            f"{new_label}/{ident}" if new is not None else "/dev/null",
+            lineterm="",
+        )
+    return "\n".join(lines)
+
+
+def secret_changes(before: Resources, after: Resources) -> list[str]:
+    """Which Secret keys a deploy would add, change or remove (never their values)."""
+    changes = []
+    for ident in sorted(before.secrets.keys() | after.secrets.keys()):
+        old, new = before.secrets.get(ident, {}), after.secrets.get(ident, {})
+        for item in sorted(old.keys() | new.keys()):
+            if old.get(item) != new.get(item):
+                state = "added" if item not in old else "removed" if item not in new else "changed"
+                changes.append(f"{ident} {item}: {state}")
+    return changes
