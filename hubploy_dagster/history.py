@@ -35,6 +35,7 @@ from hubploy_dagster.resources import TAG_GIT_SHA
 LAUNCHED_BY = "launched_by"  # metadata key of CLI deploys, which have no run to carry tags
 SENSOR_TAG = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
 FROM_UI_TAG = "dagster/from_ui"  # set by the Dagster UI on every run launched from it (launchpad, Materialize)
+ROLLBACK_CAUSES = ("failed_checks", "failed_upgrade")  # metadata keys of a rollback observation that say why
 PAGE = 200
 
 
@@ -199,11 +200,18 @@ def _executions_since(instance: dg.DagsterInstance, check: dg.AssetCheckKey, sin
 
 
 def _rollback_summary(values: dict[str, Any]) -> str:
-    state = values[ROLLBACK]
+    """`revision 3 -> 2 (now revision 4)`; the source is `manual` for the rollback job, and a failed upgrade
+    (recorded without a revision) is named as such."""
+    state, bad = values[ROLLBACK], values.get("from_revision")
+    source = "manual" if state == "manual" else f"revision {bad}" if bad is not None else "the failed upgrade"
     if state == "impossible":
-        return f"impossible from revision {values.get('from_revision')}: no earlier healthy revision"
-    start = "manual" if state == "manual" else f"{values.get('from_revision')}"
-    return f"{start} -> {values.get('to_revision')} (now revision {values.get('new_revision')})"
+        return f"none from {source}: no earlier healthy revision"
+    return f"{source} -> {values.get('to_revision')} (now revision {values.get('new_revision')})"
+
+
+def _rollback_cause(values: dict[str, Any]) -> str:
+    """Why it rolled back, as recorded: `failed checks: hub_api` (or a failed upgrade)."""
+    return "; ".join(f"{key.replace('_', ' ')}: {values[key]}" for key in ROLLBACK_CAUSES if values.get(key))
 
 
 def launched_by(run: dg.DagsterRun | None, values: dict[str, Any]) -> str:
@@ -237,14 +245,12 @@ def _entry(
     run_sha = run.tags.get(TAG_GIT_SHA, "") if run else ""
     kind = _event_kind(record) if record.asset_observation else "release"
     if kind == "rollback":
-        failed = f"failed checks: {values['failed_checks']}" if values.get("failed_checks") else ""
-        revision = values.get("new_revision")
         return Entry(
             event=kind,
             git_sha=run_sha,
-            helm_revision=revision,
+            helm_revision=values.get("new_revision"),
             rollbacks=[_rollback_summary(values)],
-            detail=failed,
+            detail=_rollback_cause(values),
             **common,
         )
     if kind == "refused":

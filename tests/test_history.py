@@ -103,7 +103,7 @@ def test_history_lists_releases_promotions_refusals_and_rollbacks(audited: Lab):
     assert refusal["launched_by"] == "sensor" and "never passed its staging checks" in refusal["detail"]
     assert refusal["run_id"] == refused.result.run_id and refusal["author"] == AUTHOR
     assert bad["git_sha"] == broken_sha and bad["helm_revision"] == 3 and bad["checks_failed"] == ["hub_api"]
-    assert bad["rollbacks"] == ["3 -> 2 (now revision 4)"]
+    assert bad["rollbacks"] == ["revision 3 -> 2 (now revision 4)"]
     assert rollback["run_id"] == broken.result.run_id == bad["run_id"] and rollback["helm_revision"] == 4
     assert rollback["git_sha"] == broken_sha and rollback["detail"] == "failed checks: hub_api"
 
@@ -115,7 +115,7 @@ def test_history_lists_releases_promotions_refusals_and_rollbacks(audited: Lab):
     code, out, _ = history("lab")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:5] == ["TIME", "HUB", "ENV", "EVENT", "SHA"] and len(lines) == 7
-    assert "3 -> 2 (now revision 4)" in lines[1] and "sensor" in lines[1]
+    assert "revision 3 -> 2 (now revision 4)" in lines[1] and "sensor" in lines[1]
     assert f"{first_sha[:7]}  {AUTHOR}  {tag}" in lines[-1] and "2 passed" in lines[-1]
 
 
