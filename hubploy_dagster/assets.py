@@ -11,14 +11,14 @@ from typing import Any
 import dagster as dg
 
 from hubploy_dagster.build import BuildPlan, build_hub_images
-from hubploy_dagster.checks import release_health_checks, staging_pass
+from hubploy_dagster.checks import release_health_checks, roll_back, staging_pass
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import ENVIRONMENTS, group_name, hub_pool, image_key, release_key, upstream_of
 from hubploy_dagster.lineage import promoted_from, release_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
-from hubploy_dagster.release import DeployOptions, deploy_hub
+from hubploy_dagster.release import DeployOptions, UpgradeFailedError, deploy_hub
 from hubploy_dagster.resources import (
     TAG_PROMOTION_OVERRIDE,
     DeploymentRepoResource,
@@ -168,7 +168,17 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
                 return
             context.log.warning(f"promoting to {env} although {reason}: overridden by run tag ({override})")
             gate = {"promotion_override": override}
-        result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
+        try:
+            result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
+        except UpgradeFailedError:
+            if current.config.rollback == "on-failure":
+                recorded: list[dg.AssetObservation] = []  # yielded, not logged: the step's failure would drop them
+                cause = {"failed_upgrade": f"helm upgrade of {current.release_name(env)}"}
+                roll_back(
+                    context.instance, context.log, recorded.append, deployment, current, env, None, cause, sops.sops()
+                )
+                yield from recorded
+            raise
         metadata = {
             **release_metadata(result, repo, context.run.run_id),
             "fingerprint": fingerprint,

@@ -154,7 +154,17 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
                 )
             )
         elif current.config.rollback == "on-failure":
-            roll_back(context, deployment, current, env, recorded, failed, sops.sops())
+            roll_back(
+                context.instance,
+                context.log,
+                context.op_execution_context.log_event,
+                deployment,
+                current,
+                env,
+                recorded.get("helm_revision"),
+                {"failed_checks": ", ".join(failed)},
+                sops.sops(),
+            )
 
     return _health
 
@@ -205,30 +215,29 @@ def user_server_outcome(
 
 
 def roll_back(
-    context: dg.AssetCheckExecutionContext,
+    instance: dg.DagsterInstance,
+    log: dg.DagsterLogManager,
+    log_event: Callable[[dg.AssetObservation], None],
     deployment: Deployment,
     hub: Hub,
     env: str,
-    recorded: dict[str, Any],
-    failed: list[str],
+    bad: int | None,
+    cause: dict[str, str],
     sops: Sops,
 ) -> None:
-    """`helm rollback` to the last healthy revision, recorded as an event naming both revisions."""
+    """`helm rollback` to the last healthy revision older than `bad` (None: the newest healthy one), recorded as
+    an event naming both revisions and the cause (failed checks, or a failed upgrade)."""
     key = release_key(hub.name, env)
-    release = str(recorded["release"])
-    bad = recorded.get("helm_revision")
-    target = last_healthy_revision(context.instance, key, bad)
+    release = hub.release_name(env)
+    reason = ", ".join(f"{k}: {v}" for k, v in cause.items())
+    target = last_healthy_revision(instance, key, bad)
     if target is None:
-        context.log.error(
-            f"{release}: blocking checks failed ({', '.join(failed)}) and no earlier revision was healthy"
-        )
-        context.op_execution_context.log_event(
-            dg.AssetObservation(asset_key=key, metadata={ROLLBACK: "impossible", "from_revision": bad})
-        )
+        log.error(f"{release}: {reason}, and no earlier revision was healthy: nothing to roll back to")
+        log_event(dg.AssetObservation(asset_key=key, metadata={ROLLBACK: "impossible", "from_revision": bad, **cause}))
         return
-    context.log.warning(f"{release}: blocking checks failed ({', '.join(failed)}): rolling back from {bad} to {target}")
-    new_revision = helm_rollback(deployment.snapshot.repo, deployment.sha, hub, env, target, sops, context.log.info)
-    context.op_execution_context.log_event(
+    log.warning(f"{release}: {reason}: rolling back from {bad or 'the failed revision'} to {target}")
+    new_revision = helm_rollback(deployment.snapshot.repo, deployment.sha, hub, env, target, sops, log.info)
+    log_event(
         dg.AssetObservation(
             asset_key=key,
             metadata={
@@ -236,7 +245,7 @@ def roll_back(
                 "from_revision": bad,
                 "to_revision": target,
                 "new_revision": new_revision,
-                "failed_checks": ", ".join(failed),
+                **cause,
             },
         )
     )

@@ -21,7 +21,7 @@ from typing import Any
 from hubploy_dagster.cloud import ClusterLogin, cluster_login, registry_login
 from hubploy_dagster.deployment import Deployment, Hub
 from hubploy_dagster.errors import HubployError
-from hubploy_dagster.helm import Helm, ImageValue, UpgradeRequest, prepare_dependencies
+from hubploy_dagster.helm import Helm, HelmError, ImageValue, UpgradeRequest, prepare_dependencies
 from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo
@@ -31,6 +31,10 @@ from hubploy_dagster.tags import hub_image_tags
 
 class ImageMissingError(HubployError):
     """A release needs an image tag that is not in the registry: deploys never build."""
+
+
+class UpgradeFailedError(HelmError):
+    """`helm upgrade` itself failed: unlike a values or template error, the cluster may hold a failed revision."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,10 @@ def deploy_hub(
         if not options.dry_run:
             ensure_namespace(login, request.namespace)
         log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {deployment.sha[:7]}")
-        helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
+        try:
+            helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
+        except HelmError as exc:
+            raise UpgradeFailedError(str(exc)) from None
         latest = {} if options.dry_run else helm.history(request.release, request.namespace, login.kube_context)[-1]
         digest = request.values_digest()
     return ReleaseResult(

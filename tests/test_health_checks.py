@@ -95,7 +95,7 @@ def test_no_rollback_without_an_earlier_healthy_revision(lab: Lab):
     lab.push_current_image()
     with lab.cluster.auto_ready(lab.namespace):
         run = lab.materialize(checks=True)
-    assert {"rollback": "impossible", "from_revision": 1} in run.observations()
+    assert {"rollback": "impossible", "from_revision": 1, "failed_checks": "hub_api"} in run.observations()
     assert [h["revision"] for h in lab.history()] == [1]
 
 
@@ -148,3 +148,33 @@ def test_rollback_job_returns_a_release_to_a_chosen_revision(lab: Lab):
     [observation] = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
     metadata = {k: v.value for k, v in observation.asset_observation_data.asset_observation.metadata.items()}
     assert metadata == {"rollback": "manual", "to_revision": 1, "new_revision": 3}
+
+
+def test_a_failed_upgrade_rolls_back_to_the_last_healthy_revision_and_prod_is_untouched(lab: Lab):
+    """helm fails halfway (the new revision's hub never becomes ready, no --atomic): with `rollback: on-failure`
+    the release goes back to the last healthy revision, prod in the same run is not deployed, and the run's
+    events hold both the failure and the rollback."""
+    lab.configure(lab.environments() + "rollback: on-failure\nhelm: {timeout: 15s}\n")
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
+        healthy = lab.materialize("staging", "prod", checks=True)
+        assert healthy.success, healthy.error()
+        prod_before = lab.history("prod")
+        broken = "jupyterhub:\n  hub:\n    image: {tag: broken-build}\n"
+        lab.builder.commit("a hub image that crashes", {"hubs/lab/config/staging.yaml": broken})
+        with lab.cluster.crash_image("*:broken-build"):
+            failed = lab.materialize("staging", "prod", checks=True)
+    assert not failed.success
+    assert "helm upgrade of lab-staging" in failed.error()
+    history = lab.history()
+    assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "failed"), (3, "deployed")]
+    assert history[-1]["description"] == "Rollback to 1"
+    [rollback] = [o for o in failed.observations() if "rollback" in o]
+    assert rollback == {
+        "rollback": "done",
+        "from_revision": None,
+        "to_revision": 1,
+        "new_revision": 3,
+        "failed_upgrade": "helm upgrade of lab-staging",
+    }
+    assert failed.materialized() == [] and lab.history("prod") == prod_before
