@@ -26,6 +26,7 @@ from hubploy_dagster.resources import (
     SopsResource,
 )
 from hubploy_dagster.secrets import Masker
+from hubploy_dagster.superseded import superseding_run
 
 TRANSIENT_RETRIES = 2
 TRANSIENT_RETRY_SECONDS = 5
@@ -149,6 +150,15 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
         deployment = load_deployment(repo.snapshot(sha))
         current = deployment.hub(hub.name)
         fingerprint = deployment.fingerprint(current)
+        newer = superseding_run(context.instance, context.run, hub.name, env)
+        if newer is not None:
+            context.log.warning(
+                f"this automatic retry stands down: run {newer.run_id}, requested later, deploys {hub.name} to {env}"
+            )
+            context.log_event(
+                dg.AssetObservation(asset_key=key, metadata={"superseded_by": newer.run_id, "git_sha": sha})
+            )
+            return
         gate: dict[str, Any] = {}
         passed = None if env == ENVIRONMENTS[0] else staging_pass(context.instance, hub.name, fingerprint)
         if env != ENVIRONMENTS[0] and passed is None:
