@@ -233,6 +233,8 @@ def deploy_hub(
         helm.run(request.template_args(), f"helm template of {hub.name} ({env}) at {deployment.sha[:7]}", quiet=True)
         if not options.dry_run:
             ensure_namespace(login, request.namespace)
+        if not options.dry_run:
+            recover_interrupted_release(helm, request.release, request.namespace, login.kube_context, log)
         log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {deployment.sha[:7]}")
         try:
             helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
@@ -255,3 +257,28 @@ def deploy_hub(
         url=hub.url(env),
         dependencies=prepared.dependencies,
     )
+
+
+def recover_interrupted_release(
+    helm: Helm, release: str, namespace: str, kube_context: str | None, log: Callable[[str], None]
+) -> None:
+    """Undo what a helm killed mid-operation left: a release `pending-*`, which every later upgrade refuses.
+
+    Runs of one hub never overlap (dagster.yaml), so a pending release when a deploy starts is an interrupted
+    one, not one in progress. As operators do by hand: roll back to the last revision that was deployed, or,
+    when the interrupted operation was the first install, uninstall what it left.
+    """
+    status = helm.status(release, namespace, kube_context)
+    state = str((status or {}).get("info", {}).get("status", ""))
+    if not state.startswith("pending-"):
+        return
+    context = ["--kube-context", kube_context] if kube_context else []
+    history = helm.history(release, namespace, kube_context)
+    good = [h for h in history[:-1] if h["status"] in ("deployed", "superseded")]
+    if good:
+        target = int(good[-1]["revision"])
+        log(f"{release} was left {state} by an interrupted helm: rolling back to revision {target} first")
+        helm.run(["rollback", release, str(target), "--namespace", namespace, *context], f"helm rollback of {release}")
+    else:
+        log(f"{release} was left {state} by an interrupted first install: uninstalling it first")
+        helm.run(["uninstall", release, "--namespace", namespace, "--wait", *context], f"helm uninstall of {release}")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,44 @@ def test_no_cluster_configured_says_how_to_point_at_one(lab: Lab, tmp_path: Path
     run = lab.materialize()
     assert not run.success
     assert f"no usable cluster in {missing}" in run.error() and "Point KUBECONFIG" in run.error()
+
+
+def kill_helm_upgrade_once_started(release: str, killed: threading.Event, timeout: float = 60) -> None:
+    """SIGKILL the `helm upgrade` of `release` as soon as it runs: what a lost machine or OOM kill does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not killed.is_set():
+        for entry in Path("/proc").iterdir():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(args) > 2 and args[0].endswith(b"helm") and args[1] == b"upgrade" and release.encode() in args:
+                time.sleep(1)  # let it write the pending revision and start waiting
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.set()
+                return
+        time.sleep(0.1)
+
+
+def test_a_release_left_pending_by_a_killed_helm_is_recovered_by_the_next_deploy(lab: Lab):
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        assert lab.materialize().success
+    lab.builder.commit("a values change", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    config: {x: 1}\n"})
+    killed = threading.Event()
+    killer = threading.Thread(target=kill_helm_upgrade_once_started, args=("lab-staging", killed), daemon=True)
+    killer.start()
+    interrupted = lab.materialize()  # not ready: helm --wait is still waiting when it is killed
+    killer.join()
+    assert killed.is_set() and not interrupted.success
+    assert lab.history()[-1]["status"] == "pending-upgrade"
+    with lab.cluster.auto_ready(lab.namespace):
+        recovered = lab.materialize()
+    assert recovered.success, recovered.error()
+    assert (
+        "lab-staging was left pending-upgrade by an interrupted helm: rolling back to revision 1"
+        in recovered.log_text()
+    )
+    history = lab.history()
+    assert history[-1]["status"] == "deployed" and recovered.metadata()["helm_revision"] == history[-1]["revision"]
+    assert any(h["description"] == "Rollback to 1" for h in history), history
