@@ -59,6 +59,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -701,7 +702,13 @@ def render(report: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the services and dagster dev started are stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hubs", type=int, default=24)
     parser.add_argument("--commits", type=int, default=200)
