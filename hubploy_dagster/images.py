@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import tarfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ import docker.errors
 from hubploy_dagster.config import ImageSpec, Repo2DockerSettings
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.registry import ImageName, RegistryClient
-from hubploy_dagster.repo import DeploymentRepo, Snapshot
+from hubploy_dagster.repo import DeploymentRepo, Snapshot, extract_tar
 from hubploy_dagster.secrets import private_dir
 from hubploy_dagster.tags import tag_from_sha
 from hubploy_dagster.tools import find_tool
@@ -196,8 +195,7 @@ class ImageBuilder:
         binary = find_tool("repo2docker", f"building {recipe.label} (no Dockerfile, repo2docker files)")
         settings = recipe.settings
         with private_dir("hubploy-r2d-") as folder:
-            with tarfile.open(fileobj=io.BytesIO(recipe.context())) as archive:
-                archive.extractall(folder, filter="data")
+            extract_tar(recipe.context(), folder)
             command = [
                 binary, "--no-run", "--image-name", reference,
                 "--user-id", str(settings.user_id), "--user-name", settings.user_name,

@@ -8,9 +8,7 @@ against the chart's schema, and only then are the namespace and the release chan
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,7 +22,7 @@ from hubploy_dagster.errors import HubployError
 from hubploy_dagster.helm import Helm, HelmError, ImageValue, UpgradeRequest, prepare_dependencies
 from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
-from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.repo import DeploymentRepo, extract_tar
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
 from hubploy_dagster.tags import hub_image_tags
 
@@ -114,8 +112,7 @@ def require_images_in_registry(
 
 
 def extract_folder(repo: DeploymentRepo, sha: str, folder: str, target: Path) -> Path:
-    with tarfile.open(fileobj=io.BytesIO(repo.archive(sha, folder))) as archive:
-        archive.extractall(target, filter="data")
+    extract_tar(repo.archive(sha, folder), target)
     return target
 
 
