@@ -43,6 +43,7 @@ step_apt() {
     need_cmd age age
     need_cmd age-keygen age
     need_deb busybox-static            # must be the static build: it becomes the base image's only binary
+    need_cmd debootstrap debootstrap   # the code-location image's base (scripts/make-python-base-image.sh)
     need_deb postgresql                # PostgreSQL server binaries for the Dagster storage tests
     need_cmd unzip unzip
     need_deb ca-certificates

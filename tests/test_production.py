@@ -1,0 +1,423 @@
+"""Running the orchestrator in production (deploy/): PostgreSQL storage, the code-location image, the Docker run
+launcher, and Kubernetes (Dagster's Helm chart values and the deployer's RBAC).
+
+The integration tests use the real PostgreSQL, Docker engine, registry and helm of tests/services/, and the
+emulated Kubernetes API server (services/cluster.py); the Docker test runs the production topology for real:
+a code server container from deploy/Dockerfile's image, `dagster-daemon` with deploy/docker/dagster.yaml, and
+the git sensor's run in a container of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import docker
+import docker.errors
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+from dagster._config import process_config, resolve_to_config_type
+from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
+from dagster_k8s import K8sRunLauncher
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+from services.cluster import free_port, tool
+from services.lab import Lab
+from services.postgres import PostgresServer
+
+from hubploy_dagster.keys import release_key
+
+DEPLOY = PROJECT_ROOT / "deploy"
+CODE_IMAGE = "hubploy-dagster/code:test"
+PG_VARIABLES = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
+SHARED_SECTIONS = ("telemetry", "storage", "run_coordinator", "concurrency", "run_retries")
+RUN_TIMEOUT_S = 300.0
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def instance_home(folder: Path, config: dict[str, Any]) -> Path:
+    """A DAGSTER_HOME holding `config` as its dagster.yaml."""
+    folder.mkdir(parents=True)
+    (folder / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def dagster_db(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh database for the Dagster storage, named by the DAGSTER_PG_* variables the deploy/ configs read."""
+    name = postgres.create_database().rsplit("/", 1)[1].split("?")[0]
+    # The test server trusts loopback connections: the password is sent and ignored, as a real one would be used.
+    values = (postgres.host, str(postgres.port), postgres.user, "unused-by-trust-auth", name)
+    env = dict(zip(PG_VARIABLES, values, strict=True))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+# -- the instance configuration ---------------------------------------------------------------------------------
+
+
+def test_production_configs_keep_the_project_instance_settings():
+    """deploy/dagster.yaml, its Docker variant and the chart values queue and retry runs as dagster.yaml does."""
+    project = load_yaml(PROJECT_ROOT / "dagster.yaml")
+    production = load_yaml(DEPLOY / "dagster.yaml")
+    docker_config = load_yaml(DEPLOY / "docker" / "dagster.yaml")
+    for section in ("telemetry", "concurrency", "run_retries"):
+        assert production[section] == project[section], section
+    connection = production["storage"]["postgres"]["postgres_db"]
+    fields = ("hostname", "port", "username", "password", "db_name")
+    assert {connection[field]["env"] for field in fields} == set(PG_VARIABLES)
+    assert production["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert {s: docker_config[s] for s in SHARED_SECTIONS} == {s: production[s] for s in SHARED_SECTIONS}
+
+    values = load_yaml(DEPLOY / "kubernetes" / "values.yaml")
+    runs, pools = values["concurrency"]["runs"], values["concurrency"]["pools"]
+    assert project["concurrency"] == {
+        "runs": {
+            "max_concurrent_runs": runs["maxConcurrentRuns"],
+            "tag_concurrency_limits": runs["tagConcurrencyLimits"],
+        },
+        "pools": {"default_limit": pools["defaultLimit"]},
+    }
+    retries = values["dagsterDaemon"]["runRetries"]
+    assert project["run_retries"] == {
+        "enabled": retries["enabled"],
+        "max_retries": retries["maxRetries"],
+        "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"],
+    }
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert values["telemetry"] == {"enabled": False}
+
+
+@pytest.mark.integration
+def test_deploy_history_lands_in_postgres_and_a_second_instance_reads_it(lab: Lab, dagster_db, tmp_path: Path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    writer = dg.DagsterInstance.from_config(str(home))
+    assert isinstance(writer.run_storage, PostgresRunStorage)
+    assert isinstance(writer.event_log_storage, PostgresEventLogStorage)
+    assert type(writer.run_coordinator).__name__ == "QueuedRunCoordinator"
+    lab.instance = writer
+    lab.push_current_image()
+    with lab.cluster.auto_ready(lab.namespace):
+        run = lab.materialize()
+    assert run.success, run.error()
+    writer.dispose()
+
+    reader = dg.DagsterInstance.from_config(str(home))
+    try:
+        recorded = reader.get_run_by_id(run.result.run_id)
+        assert recorded is not None and recorded.status == dg.DagsterRunStatus.SUCCESS
+        assert recorded.tags["git_sha"] == lab.builder.repo.head.commit.hexsha
+        event = reader.get_latest_materialization_event(release_key("lab", "staging"))
+        assert event is not None and event.run_id == run.result.run_id
+        metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        assert metadata["git_sha"] == lab.builder.repo.head.commit.hexsha
+        assert (metadata["release"], metadata["namespace"], metadata["helm_revision"]) == (
+            "lab-staging",
+            lab.namespace,
+            1,
+        )
+    finally:
+        reader.dispose()
+
+
+# -- the code location's image ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def code_image() -> str:
+    """deploy/Dockerfile built with the local engine, on the debootstrapped base and the host-built wheelhouse.
+
+    Both helper scripts skip their work when it is done (a fresh machine: about 75 s and 70 s); the build itself
+    reuses the engine's layer cache.
+    """
+    for script in ("make-python-base-image.sh", "make-wheelhouse.sh"):
+        subprocess.run([str(PROJECT_ROOT / "scripts" / script)], check=True)
+    client = docker.from_env()
+    try:
+        client.images.build(
+            path=str(PROJECT_ROOT), dockerfile="deploy/Dockerfile", tag=CODE_IMAGE, rm=True, forcerm=True
+        )
+    except docker.errors.BuildError as exc:
+        log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
+        pytest.fail(f"docker build of deploy/Dockerfile failed: {exc.msg}\n{log[-3000:]}", pytrace=False)
+    finally:
+        client.close()
+    return CODE_IMAGE
+
+
+def in_image(image: str, command: str) -> str:
+    client = docker.from_env()
+    try:
+        return client.containers.run(image, ["sh", "-c", command], remove=True, stderr=True).decode()
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_code_image_holds_the_package_and_the_pinned_tools(code_image: str):
+    assert "Usage: hubploy" in in_image(code_image, "hubploy --help")
+    assert in_image(code_image, "helm version --short").startswith("v3.18.0+")
+    client_version = json.loads(in_image(code_image, "kubectl version --client -o json"))["clientVersion"]
+    assert client_version["gitVersion"] == "v1.33.0"
+    assert in_image(code_image, "sops --version --disable-version-check").startswith("sops 3.11.0")
+    assert in_image(code_image, "python -c 'import sys; print(sys.version_info[:2])'").strip() == "(3, 11)"
+    listed = in_image(code_image, "pip list --format json 2>/dev/null")
+    versions = {p["name"]: p["version"] for p in json.loads(listed)}
+    assert (versions["dagster"], versions["dagster-postgres"], versions["dagster-docker"], versions["dagster-k8s"]) == (
+        "1.13.27",
+        "0.29.27",
+        "0.29.27",
+        "0.29.27",
+    )
+    config = docker.from_env().images.get(code_image).attrs["Config"]
+    assert config["ExposedPorts"] == {"4000/tcp": {}}
+    assert config["Cmd"][:3] == ["dagster", "code-server", "start"] and not config["Entrypoint"]
+
+
+# -- Docker hosts: DockerRunLauncher ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def code_server(image: str, environment: dict[str, str], volumes: list[str]) -> Iterator[int]:
+    """The code location served from the image's own command, on the host network and a free port."""
+    client = docker.from_env()
+    port = free_port()
+    command = [str(port) if arg == "4000" else arg for arg in client.images.get(image).attrs["Config"]["Cmd"]]
+    container = client.containers.run(
+        image,
+        command,
+        detach=True,
+        network_mode="host",
+        environment={**environment, "DAGSTER_CURRENT_IMAGE": image},
+        volumes=volumes,
+    )
+    try:
+        yield port
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
+@contextlib.contextmanager
+def daemon(home: Path, env: dict[str, str]) -> Iterator[Path]:
+    """`dagster-daemon run` with DAGSTER_HOME `home` (its dagster.yaml and workspace.yaml); yields its log file."""
+    log_path = home / "daemon.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")],
+            env={**env, "DAGSTER_HOME": str(home)},
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        yield log_path
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for_finished_run(instance: dg.DagsterInstance, hub: str, diagnostics: Path) -> dg.DagsterRun:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        runs = instance.get_runs(dg.RunsFilter(tags={"hub": hub}))
+        if runs and runs[0].is_finished:
+            return runs[0]
+        time.sleep(2)
+    statuses = [(r.run_id, r.status) for r in instance.get_runs(dg.RunsFilter(tags={"hub": hub}))]
+    pytest.fail(f"no finished run for {hub} in {RUN_TIMEOUT_S}s (runs: {statuses}); daemon log:\n"
+                f"{diagnostics.read_text(errors='replace')[-4000:]}")  # fmt: skip
+
+
+def remove_run_containers(run_ids: list[str]) -> str:
+    """Remove the run containers (DockerRunLauncher leaves them); returns their logs for failure messages."""
+    client = docker.from_env()
+    logs = []
+    try:
+        for run_id in run_ids:
+            for container in client.containers.list(all=True, filters={"label": f"dagster/run_id={run_id}"}):
+                logs.append(container.logs(tail=60).decode(errors="replace"))
+                container.remove(force=True)
+    finally:
+        client.close()
+    return "\n".join(logs)
+
+
+@pytest.mark.integration
+def test_docker_run_launcher_deploys_a_hub_from_a_container(
+    lab: Lab, code_image: str, dagster_db: dict[str, str], chart_cache: Path, tmp_path: Path
+):
+    """The production topology on one Docker host: code server container, daemon, one container per run.
+
+    The git sensor (in the code server) requests the staging deploy of the new hub; the queued coordinator and
+    the daemon launch it with DockerRunLauncher; the run container deploys with helm to the emulated cluster and
+    records the release in the shared PostgreSQL storage.
+    """
+    lab.push_current_image()  # the run finds the image in the registry: it deploys without a build
+    sha = lab.builder.repo.head.commit.hexsha
+    repository = tmp_path / "deployment.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(lab.builder.path), str(repository)], check=True)
+
+    helm_variables = ("KUBECONFIG", "HELM_KUBECONTEXT", "HELM_DRIVER", "HELM_DRIVER_SQL_CONNECTION_STRING")
+    environment = {
+        **dagster_db,
+        **{name: os.environ[name] for name in helm_variables},
+        "HUBPLOY_REPO": str(repository),
+        "SOPS_AGE_KEY_FILE": str(lab.age_key),
+        "HUBPLOY_CHART_CACHE": str(chart_cache),
+        "HUBPLOY_SENSOR_INTERVAL": "5",
+    }
+    # Same paths inside: the deployment repository and age key, the kubeconfig, the chart cache.
+    folders = (tmp_path, Path(os.environ["KUBECONFIG"]).parent, chart_cache)
+    volumes = [f"{folder}:{folder}:ro" for folder in folders]
+
+    config = load_yaml(DEPLOY / "docker" / "dagster.yaml")
+    launcher = config["run_launcher"]["config"]
+    launcher["env_vars"] = sorted({*launcher["env_vars"], *environment})
+    kwargs = launcher["container_kwargs"]
+    kwargs["volumes"] = [v for v in kwargs["volumes"] if not v.startswith("/srv/hubploy/")] + volumes
+    home = instance_home(tmp_path / "dagster_home", config)
+    workspace = load_yaml(DEPLOY / "docker" / "workspace.yaml")
+
+    reader = dg.DagsterInstance.from_config(str(home))
+    run_ids: list[str] = []
+    try:
+        with (
+            lab.cluster.auto_ready(lab.namespace),
+            code_server(code_image, environment, volumes) as port,
+        ):
+            workspace["load_from"][0]["grpc_server"]["port"] = port
+            (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+            with daemon(home, {**os.environ, **environment}) as log:
+                run = wait_for_finished_run(reader, "lab", log)
+        run_ids = [r.run_id for r in reader.get_runs(dg.RunsFilter(tags={"hub": "lab"}))]
+        logs = remove_run_containers(run_ids)
+        assert run.status == dg.DagsterRunStatus.SUCCESS, f"{run.status}; run container:\n{logs[-4000:]}"
+        assert run.tags["git_sha"] == sha and run.tags["env"] == "staging"
+        assert run.tags[DOCKER_CONTAINER_ID_TAG] and run.tags[DOCKER_IMAGE_TAG] == code_image
+
+        event = reader.get_latest_materialization_event(release_key("lab", "staging"))
+        assert event is not None and event.run_id == run.run_id
+        metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        assert (metadata["git_sha"], metadata["helm_revision"]) == (sha, 1)
+        assert [(h["revision"], h["status"]) for h in lab.history()] == [(1, "deployed")]
+    finally:
+        remove_run_containers(run_ids)
+        reader.dispose()
+
+
+# -- Kubernetes: Dagster's Helm chart and the deployer's RBAC ----------------------------------------------------
+
+
+def chart_run_launcher_config(values: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The K8sRunLauncher config Dagster's chart renders from these values, released into `namespace`.
+
+    As its template helm/dagster/templates/helpers/instance/_run-launcher.tpl maps them (the parts we set).
+    """
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    return {
+        "load_incluster_config": launcher["loadInclusterConfig"],
+        "job_namespace": launcher.get("jobNamespace", namespace),
+        "image_pull_policy": launcher["imagePullPolicy"],
+        "service_account_name": values["global"]["serviceAccountName"],
+        "dagster_home": {"env": "DAGSTER_HOME"},
+        "instance_config_map": {"env": "DAGSTER_K8S_INSTANCE_CONFIG_MAP"},
+        "postgres_password_secret": {"env": "DAGSTER_K8S_PG_PASSWORD_SECRET"},
+        "env_config_maps": [
+            {"env": "DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP"},
+            *(c["name"] for c in launcher.get("envConfigMaps", [])),
+        ],
+        "env_secrets": [s["name"] for s in launcher.get("envSecrets", [])],
+    }
+
+
+def test_kubernetes_run_launcher_config_is_valid_for_dagster(monkeypatch: pytest.MonkeyPatch):
+    values = load_yaml(DEPLOY / "kubernetes" / "values.yaml")
+    for name, value in {
+        "DAGSTER_HOME": "/opt/dagster/dagster_home",
+        "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
+        "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
+        "DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP": "dagster-pipeline-env",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = chart_run_launcher_config(values, "dagster")
+    result = process_config(resolve_to_config_type(K8sRunLauncher.config_type()), config)
+    assert result.success, [error.message for error in result.errors or []]
+    assert result.value["service_account_name"] == "hubploy-deployer"
+    assert result.value["env_secrets"] == ["hubploy-env"]
+
+    rbac = {
+        (d["kind"], d["metadata"]["name"])
+        for d in yaml.safe_load_all((DEPLOY / "kubernetes/rbac/deployer.yaml").read_text())
+    }
+    assert ("ServiceAccount", values["global"]["serviceAccountName"]) in rbac
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["codeServerArgs"][:2] == ["--module-name", "hubploy_dagster.definitions"]
+    assert deployment["port"] == 4000 and deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    mounted = {m["mountPath"] for m in deployment["volumeMounts"]}
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    assert {str(Path(env["KUBECONFIG"]).parent), str(Path(env["SOPS_AGE_KEY_FILE"]).parent)} <= mounted
+
+
+@pytest.mark.integration
+def test_rbac_manifests_render_and_the_api_server_accepts_them(k8s_cluster):
+    env = k8s_cluster.kubectl_env()
+    kubectl = tool("kubectl")
+    namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: dagster}\n---\n"  # where the chart goes
+    rendered = (
+        namespace
+        + subprocess.run(
+            [kubectl, "kustomize", str(DEPLOY / "kubernetes" / "rbac")],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    subprocess.run([kubectl, "apply", "-f", "-"], input=rendered, env=env, check=True, capture_output=True, text=True)
+
+    def get(*args: str) -> dict[str, Any]:
+        out = subprocess.run([kubectl, "get", *args, "-o", "json"], env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    role = get("clusterrole", "hubploy-deployer")
+    granted = {
+        (group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+    }
+    chart_kinds = {
+        ("", "namespaces"), ("", "secrets"), ("", "configmaps"), ("", "services"), ("", "serviceaccounts"),
+        ("", "persistentvolumeclaims"), ("", "pods/log"), ("apps", "deployments"), ("apps", "statefulsets"),
+        ("apps", "daemonsets"), ("batch", "jobs"), ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"), ("networking.k8s.io", "networkpolicies"),
+        ("networking.k8s.io", "ingresses"), ("policy", "poddisruptionbudgets"),
+    }  # fmt: skip
+    assert chart_kinds <= granted
+    binding = get("clusterrolebinding", "hubploy-deployer")
+    assert binding["roleRef"]["name"] == "hubploy-deployer"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hubploy-deployer", "namespace": "dagster"}]
+    assert get("-n", "dagster", "serviceaccount", "hubploy-deployer")["metadata"]["name"] == "hubploy-deployer"
+    kubeconfig = yaml.safe_load(get("-n", "dagster", "configmap", "hubploy-kubeconfig")["data"]["config"])
+    assert kubeconfig["users"][0]["user"]["tokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
