@@ -5,6 +5,10 @@ A hub changed when the content of any of its inputs (its folder, its chart, the 
 so it is the same whether B descends from A, merges it, or replaced it with a force-push; a change made and
 reverted between A and B correctly changes nothing. hubploy's three-dot `git diff A...B` instead failed on
 force-pushes ("Invalid symmetric difference expression").
+
+A secrets submodule is compared inside, file by file, so moving its pin changes only the hubs whose files
+under it differ; one that cannot be read changes every hub with inputs under it (their deploys then fail,
+naming it) and no other.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def compare(repo: DeploymentRepo, before: Deployment, after: Deployment) -> Chan
         if previous is None:
             added.append(name)
             changed.append(name)
-        elif touched.intersection(hub.input_paths(), previous.input_paths()):
+        elif _touches(touched, set(paths), [*hub.input_paths(), *previous.input_paths()]):
             changed.append(name)
     known_before = set(before.hubs) | set(before.invalid)
     known_after = set(after.hubs) | set(after.invalid)
@@ -71,3 +75,8 @@ def compare(repo: DeploymentRepo, before: Deployment, after: Deployment) -> Chan
         force_push=not repo.is_ancestor(before.sha, after.sha),
         problems=after.problems,
     )
+
+
+def _touches(touched: set[str], changed: set[str], inputs: list[str]) -> bool:
+    """An input changed when a changed path is it, lies under it, or holds it (an unreadable submodule's path)."""
+    return bool(touched.intersection(inputs) or changed.intersection(folders_of(inputs)))

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 from hubploy_dagster.config import HubployConfig, ImageSpec, load_hubploy_config
 from hubploy_dagster.errors import ConfigError, ConfigProblem, UnknownHubError
-from hubploy_dagster.repo import Snapshot
-from hubploy_dagster.secrets import is_sops_encrypted
+from hubploy_dagster.repo import Snapshot, SubmoduleError
+from hubploy_dagster.secrets import secret_file_problem
 
 HUB_ROOTS = ("hubs", "deployments")
 CONFIG_FILE = "hubploy.yaml"
@@ -113,8 +113,20 @@ class Deployment:
         """A digest of the content of the hub's inputs: equal fingerprints mean an identical deploy."""
         digest = hashlib.sha256()
         for path in hub.input_paths():
-            digest.update(f"{path}\0{self.snapshot.object_id(path) or '-'}\n".encode())
+            digest.update(f"{path}\0{self._content_id(path)}\n".encode())
         return digest.hexdigest()
+
+    def _content_id(self, path: str) -> str:
+        """The object id of a path; inside a submodule, that of the pinned commit's tree (only this hub's files).
+
+        When the submodule cannot be read, its pin stands in: the fingerprint still moves with the pin, so the
+        hub is deployed, and that deploy fails on reading the submodule with the error naming its URL. A
+        fingerprint failing here instead would stop the sensor for every hub, not just this one.
+        """
+        try:
+            return self.snapshot.object_id(path) or "-"
+        except SubmoduleError as exc:
+            return f"unreadable submodule {exc.path} at {exc.commit}"
 
 
 def load_deployment(snapshot: Snapshot) -> Deployment:
@@ -139,6 +151,14 @@ def load_deployment(snapshot: Snapshot) -> Deployment:
 
 
 def _load_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProblem]:
+    """The hub, or its problems; an unreadable submodule it lives in or points into only fails this hub."""
+    try:
+        return _read_hub(snapshot, root, name)
+    except SubmoduleError as exc:
+        return [ConfigProblem(snapshot.describe(f"{root}/{name}/{CONFIG_FILE}"), "", str(exc))]
+
+
+def _read_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProblem]:
     path = f"{root}/{name}/{CONFIG_FILE}"
     blob_id = snapshot.object_id(path)
     text = snapshot.read(path)
@@ -149,7 +169,7 @@ def _load_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProb
     if isinstance(parsed, tuple):
         return [ConfigProblem(file, key, reason) for key, reason in parsed]
     hub = Hub(name=name, root=root, config=parsed)
-    return _missing_paths(snapshot, hub, file) + _plaintext_secrets(snapshot, hub) or hub
+    return _missing_paths(snapshot, hub, file) + _unusable_secrets(snapshot, hub) or hub
 
 
 def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProblem]:
@@ -164,30 +184,32 @@ def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProble
     return problems
 
 
-def _plaintext_secrets(snapshot: Snapshot, hub: Hub) -> list[ConfigProblem]:
-    """Files under the hub's secrets/ that sops did not encrypt: the hub is refused before anything runs.
+def _unusable_secrets(snapshot: Snapshot, hub: Hub) -> list[ConfigProblem]:
+    """Files under the hub's secrets/ that cannot be deployed (plain text under sops, git-crypt ciphertext).
 
     Found here, at discovery, so that the sensor reports such a hub and deploys the others of the commit.
     """
-    if hub.config.secrets.encryption != "sops":
-        return []
-    return [
-        ConfigProblem(
-            snapshot.describe(path), "", "is not sops-encrypted (no top-level 'sops' key): encrypt it with sops"
-        )
-        for path, blob_id in _files_under(snapshot, f"{hub.path}/secrets")
-        if not _encrypted(blob_id, snapshot.read(path) or b"")
-    ]
+    encryption = hub.config.secrets.encryption
+    found = []
+    for path, blob_id in _files_under(snapshot, f"{hub.path}/secrets"):
+        reason = _secret_problem(blob_id, snapshot.read(path) or b"", encryption)
+        if reason:
+            found.append(ConfigProblem(snapshot.describe(path), "", reason))
+    return found
 
 
 def _files_under(snapshot: Snapshot, folder: str) -> list[tuple[str, str]]:
+    """Files in a folder, recursively; a submodule inside a hub's folder is not followed at discovery."""
     found = []
     for entry in snapshot.list_dir(folder):
         path = f"{folder}/{entry.name}"
-        found += _files_under(snapshot, path) if entry.type == "tree" else [(path, entry.hexsha)]
+        if entry.type == "tree":
+            found += _files_under(snapshot, path)
+        elif entry.type == "blob":
+            found.append((path, entry.hexsha))
     return found
 
 
 @lru_cache(maxsize=8192)
-def _encrypted(blob_id: str, content: bytes) -> bool:
-    return is_sops_encrypted(content)
+def _secret_problem(blob_id: str, content: bytes, encryption: str) -> str | None:
+    return secret_file_problem(content, encryption)

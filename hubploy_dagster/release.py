@@ -23,7 +23,7 @@ from hubploy_dagster.helm import Helm, HelmError, ImageValue, UpgradeRequest, pr
 from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo, extract_tar
-from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
+from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir, refuse_git_crypt
 from hubploy_dagster.tags import hub_image_tags
 
 
@@ -151,6 +151,7 @@ def prepared_release(
         raise HubployError(f"chart folder {chart_path} does not exist at {deployment.sha[:7]}")
     plain = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if not f.secret]
     secret = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if f.secret]
+    refuse_git_crypt(plain)
     with ExitStack() as stack:
         workdir = stack.enter_context(private_dir("hubploy-deploy-"))
         chart = extract_folder(repo, deployment.sha, chart_path, workdir / "chart")

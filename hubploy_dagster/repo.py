@@ -3,6 +3,11 @@
 Deploys must happen at exactly the commit a run pinned, so nothing here looks at a checkout: files are read
 from git objects. A remote URL is mirrored into a local cache once and fetched on demand; a local path
 (bare or not) is used as it is.
+
+Submodules (hubploy's secrets submodule at `secrets/`) are read the same way: a gitlink entry pins a commit of
+another repository, whose objects are found in a local clone's own copy or fetched from the URL `.gitmodules`
+gives (relative URLs resolved as git does) into a mirror beside ours. Paths under the submodule's path then
+answer from that pinned commit's tree, as a recursive checkout would show them.
 """
 
 from __future__ import annotations
@@ -12,16 +17,51 @@ import io
 import os
 import re
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
-from git.objects import Blob, Commit, Tree
+from git.objects import Blob, Commit, Submodule, Tree
 
 from hubploy_dagster.errors import GitError
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+GITLINK_MODE = "160000"
+NO_ENTRY_MODE = "000000"
+
+
+class SubmoduleError(GitError):
+    """A submodule's pinned commit cannot be read: names the submodule's path, its URL and the commit."""
+
+    def __init__(self, path: str, url: str, commit: str, reason: str):
+        self.path, self.url, self.commit, self.reason = path, url, commit, reason
+        super().__init__(f"cannot read submodule {path} (url {url or 'unknown'}, commit {commit}): {reason}")
+
+    def at(self, path: str) -> SubmoduleError:
+        """The same error named by its path in the superproject (a nested submodule knows only its own)."""
+        return SubmoduleError(path, self.url, self.commit, self.reason)
+
+
+@dataclass(frozen=True)
+class Gitlink:
+    """A submodule entry of a tree: the commit the superproject pins at `path` (git's object type "commit").
+
+    GitPython yields a Submodule object for such entries whose `.name` needs a checkout's .gitmodules and
+    raises without one; listings hold this instead, resolved to the submodule's tree only when read.
+    """
+
+    path: str
+    hexsha: str
+    type: str = "commit"
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+
+Entry = Tree | Blob | Gitlink
 
 
 def default_cache_dir() -> Path:
@@ -44,6 +84,36 @@ def folders_of(paths: Iterable[str]) -> set[str]:
     return folders
 
 
+def _url_parent(url: str) -> str:
+    """One level up in a URL or path: `https://h/org/a` -> `https://h/org`, `git@h:a` -> `git@h:`."""
+    if "/" in url:
+        return url.rpartition("/")[0] or "/"
+    return f"{url.rpartition(':')[0]}:" if ":" in url else "."
+
+
+def resolve_submodule_url(url: str, base: str) -> str:
+    """git's rule: a `./` or `../` URL in .gitmodules is relative to the superproject's own URL (`base`)."""
+    if not url.startswith(("./", "../")):
+        return url
+    base = base.rstrip("/")
+    while url.startswith(("./", "../")):
+        if url.startswith("../"):
+            base = _url_parent(base)
+        url = url.split("/", 1)[1]
+    if not url:
+        return base
+    return f"{base}{'' if base.endswith(':') else '/'}{url}"
+
+
+def _raw_diff(output: str) -> Iterator[tuple[str, str, str, str, str]]:
+    """(old mode, new mode, old id, new id, path) of each record of `git diff --raw -z --no-renames`."""
+    fields = output.split("\0")
+    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+        if meta.startswith(":"):
+            old_mode, new_mode, old_id, new_id = meta[1:].split()[:4]
+            yield old_mode, new_mode, old_id, new_id, path
+
+
 def remote_heads(source: str, branches: list[str]) -> dict[str, str]:
     """The current sha of each branch that exists, with one `git ls-remote` (cheap enough for a sensor tick)."""
     refs = [f"refs/heads/{b}" for b in branches]
@@ -63,12 +133,14 @@ class DeploymentRepo:
 
     def __init__(self, source: str | os.PathLike[str], cache_dir: Path | None = None):
         self.source = str(source)
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._submodule_repos: dict[str, DeploymentRepo] = {}
         if _is_local_repository(self.source):
             self.path = Path(self.source).resolve()
             self.mirrored = False
         else:
             digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
-            self.path = (cache_dir or default_cache_dir()) / "mirrors" / f"{digest}.git"
+            self.path = self.cache_dir / "mirrors" / f"{digest}.git"
             self.mirrored = True
             if not self.path.exists():
                 self._clone_mirror()
@@ -93,6 +165,89 @@ class DeploymentRepo:
         except git.GitCommandError as exc:
             raise GitError(f"cannot fetch {self.source}: {exc.stderr.strip() or exc}") from None
 
+    def has_commit(self, sha: str) -> bool:
+        try:
+            self.git_repo.git.cat_file("-e", f"{sha}^{{commit}}")
+        except git.GitCommandError:
+            return False
+        return True
+
+    def ensure_commit(self, sha: str) -> None:
+        """Make a commit present: a mirror fetches its branches, then the commit by id (a pin may be on no branch).
+
+        A commit fetched by id is kept under refs/hubploy/pins/ so that garbage collection never drops it.
+        """
+        if self.mirrored and not self.has_commit(sha):
+            with suppress(GitError):
+                self.fetch()
+            if not self.has_commit(sha):
+                with suppress(git.GitCommandError):
+                    self.git_repo.git.fetch("origin", f"{sha}:refs/hubploy/pins/{sha}")
+        if not self.has_commit(sha):
+            raise GitError(f"commit {sha} is not in {self.source}")
+
+    def upstream_url(self) -> str:
+        """What relative submodule URLs are relative to, as for git: our URL, else the origin remote, else us."""
+        if self.mirrored:
+            return self.source
+        origin = next((remote for remote in self.git_repo.remotes if remote.name == "origin"), None)
+        with suppress(Exception):
+            if origin is not None and origin.url:
+                return str(origin.url)
+        return str(self.path)
+
+    def submodule_url(self, commit: str, path: str, pin: str) -> tuple[str, str]:
+        """The name and URL that `.gitmodules`, as committed at `commit`, gives the submodule at `path`."""
+        try:
+            output = self.git_repo.git.config("--blob", f"{commit}:.gitmodules", "-z", "--get-regexp", r"^submodule\.")
+        except git.GitCommandError:
+            output = ""
+        entries: dict[str, dict[str, str]] = {}
+        for record in filter(None, output.split("\0")):
+            key, _, value = record.partition("\n")
+            name, _, variable = key.removeprefix("submodule.").rpartition(".")
+            entries.setdefault(name, {})[variable] = value
+        for name, entry in entries.items():
+            if entry.get("path") == path and entry.get("url"):
+                return name, entry["url"]
+        raise SubmoduleError(path, "", pin, f".gitmodules at {commit[:7]} gives no URL for it")
+
+    def _local_submodules(self, name: str, path: str) -> Iterator[DeploymentRepo]:
+        """A non-bare clone's own copies of a submodule: `.git/modules/<name>`, then the checked-out folder."""
+        candidates = [Path(self.git_repo.git_dir) / "modules" / name]
+        if self.git_repo.working_tree_dir:
+            candidates.append(Path(self.git_repo.working_tree_dir) / path)
+        for candidate in candidates:
+            if _is_local_repository(str(candidate)):
+                with suppress(GitError):
+                    yield self._submodule_repo(str(candidate))
+
+    def _submodule_repo(self, location: str) -> DeploymentRepo:
+        """One DeploymentRepo per submodule location (each holds git processes open), mirrored if a URL."""
+        if location not in self._submodule_repos:
+            self._submodule_repos[location] = DeploymentRepo(location, self.cache_dir)
+        return self._submodule_repos[location]
+
+    def submodule(self, commit: str, path: str, pin: str) -> DeploymentRepo:
+        """The repository that holds the submodule at `path` of `commit`, with its pinned commit `pin` present.
+
+        A local clone's own copy is used when it has the pin; otherwise the URL from `.gitmodules` (a path is
+        used in place, a URL mirrored into our cache beside the superproject's mirror and fetched on demand).
+        """
+        name, url = self.submodule_url(commit, path, pin)
+        local = next((repo for repo in self._local_submodules(name, path) if repo.has_commit(pin)), None)
+        if local is not None:
+            return local
+        resolved = resolve_submodule_url(url, self.upstream_url())
+        if resolved.startswith("-"):
+            raise SubmoduleError(path, resolved, pin, "refusing a URL that starts with '-'")
+        try:
+            repo = self._submodule_repo(resolved)
+            repo.ensure_commit(pin)
+        except GitError as exc:
+            raise SubmoduleError(path, resolved, pin, str(exc)) from None
+        return repo
+
     def heads(self, branches: list[str]) -> dict[str, str]:
         return remote_heads(self.source, branches)
 
@@ -114,13 +269,52 @@ class DeploymentRepo:
         return self.git_repo.is_ancestor(older, newer)
 
     def archive(self, sha: str, folder: str) -> bytes:
-        """A tar of one folder as committed, with the folder as its root: a build context without a work tree."""
-        return self.git_repo.git.archive("--format=tar", f"{sha}:{folder}", stdout_as_string=False)
+        """A tar of one folder as committed, with the folder as its root: a build context without a work tree.
+
+        A folder inside a submodule is archived from the submodule's repository at the pinned commit; a
+        submodule inside the folder is an empty folder, as `git archive` always makes it.
+        """
+        owner, owner_sha, inner = self.snapshot(sha).owner_of(folder)
+        return owner.git_repo.git.archive("--format=tar", f"{owner_sha}:{inner}", stdout_as_string=False)
+
+    def files(self, sha: str) -> list[str]:
+        output = self.git_repo.git.ls_tree("-r", "-z", "--name-only", sha)
+        return [p for p in output.split("\0") if p]
 
     def changed_paths(self, old: str, new: str) -> list[str]:
-        """Paths whose content differs between two commits (a tree comparison: ancestry does not matter)."""
-        output = self.git_repo.git.diff("--name-only", "--no-renames", "-z", old, new)
-        return [p for p in output.split("\0") if p]
+        """Paths whose content differs between two commits (a tree comparison: ancestry does not matter).
+
+        A moved submodule pin is expanded into the paths that differ inside the submodule, so that a hub whose
+        files lie in a secrets submodule changes only when its own files there do. When the submodule cannot
+        be read, its own path is returned instead: anything under it may have changed.
+        """
+        output = self.git_repo.git.diff(
+            "--raw", "--no-abbrev", "--no-renames", "--ignore-submodules=none", "-z", old, new
+        )
+        paths: list[str] = []
+        for old_mode, new_mode, old_id, new_id, path in _raw_diff(output):
+            if {old_mode, new_mode} - {GITLINK_MODE, NO_ENTRY_MODE}:
+                paths.append(path)
+            if GITLINK_MODE in (old_mode, new_mode):
+                old_pin = old_id if old_mode == GITLINK_MODE else None
+                new_pin = new_id if new_mode == GITLINK_MODE else None
+                paths += self._submodule_changes(old, new, path, old_pin, new_pin)
+        return paths
+
+    def _submodule_changes(self, old: str, new: str, path: str, old_pin: str | None, new_pin: str | None) -> list[str]:
+        """The paths under a submodule that differ between two pins (all of its files when one side has none)."""
+        try:
+            if old_pin and new_pin:
+                repo = self.submodule(new, path, new_pin)
+                repo.ensure_commit(old_pin)
+                inner = repo.changed_paths(old_pin, new_pin)
+            else:
+                commit, pin = (new, new_pin) if new_pin else (old, old_pin)
+                assert pin is not None
+                inner = self.submodule(commit, path, pin).files(pin)
+        except GitError:
+            return [path]
+        return [f"{path}/{p}" for p in inner]
 
 
 @dataclass
@@ -129,46 +323,96 @@ class Snapshot:
 
     repo: DeploymentRepo
     commit: Commit
-    _listings: dict[str, dict[str, Tree | Blob] | None] = field(default_factory=dict)
+    _listings: dict[str, dict[str, Entry] | None] = field(default_factory=dict)
+    _submodules: dict[str, Tree | SubmoduleError] = field(default_factory=dict)
+    _mounts: dict[str, tuple[DeploymentRepo, str]] = field(default_factory=dict)
 
     @property
     def sha(self) -> str:
         return self.commit.hexsha
 
-    def _listing(self, path: str) -> dict[str, Tree | Blob] | None:
+    def _listing(self, path: str) -> dict[str, Entry] | None:
         path = path.strip("/")
         if path not in self._listings:
             tree: Tree | Blob | None = self.commit.tree if not path else self.entry(path)
-            self._listings[path] = {item.name: item for item in tree} if isinstance(tree, Tree) else None
+            entries = [_entry_of(item) for item in tree] if isinstance(tree, Tree) else None
+            self._listings[path] = {entry.name: entry for entry in entries} if entries is not None else None
         return self._listings[path]
 
-    def entry(self, path: str) -> Tree | Blob | None:
+    def _raw_entry(self, path: str) -> Entry | None:
+        """The entry as its tree lists it: a submodule stays a Gitlink, so nothing is fetched for it."""
         parent_path, _, name = path.strip("/").rpartition("/")
         listing = self._listing(parent_path)
         return listing.get(name) if listing is not None else None
 
+    def entry(self, path: str) -> Tree | Blob | None:
+        """A file or folder at this commit; a submodule is the tree of the commit it pins, from its repository."""
+        entry = self._raw_entry(path)
+        return self.submodule_tree(entry) if isinstance(entry, Gitlink) else entry
+
+    def submodule_tree(self, link: Gitlink) -> Tree:
+        """The pinned commit's tree, its paths prefixed with the submodule's; raises SubmoduleError (cached)."""
+        if link.path not in self._submodules:
+            self._submodules[link.path] = self._resolve(link)
+        found = self._submodules[link.path]
+        if isinstance(found, SubmoduleError):
+            raise found
+        return found
+
+    def _mount_of(self, path: str) -> str:
+        """The path of the innermost resolved submodule holding `path` ("" for the repository itself)."""
+        holders = [mount for mount in self._mounts if path == mount or path.startswith(f"{mount}/")]
+        return max(holders, key=len, default="")
+
+    def _resolve(self, link: Gitlink) -> Tree | SubmoduleError:
+        prefix = self._mount_of(link.path)
+        owner, owner_sha = self._mounts.get(prefix) or (self.repo, self.sha)
+        try:
+            repo = owner.submodule(owner_sha, link.path.removeprefix(prefix).lstrip("/"), link.hexsha)
+        except SubmoduleError as exc:
+            return exc.at(link.path)
+        self._mounts[link.path] = (repo, link.hexsha)
+        root = repo.git_repo.commit(link.hexsha).tree
+        return Tree(repo.git_repo, root.binsha, root.mode, link.path)
+
+    def owner_of(self, path: str) -> tuple[DeploymentRepo, str, str]:
+        """The repository, commit and inner path that hold `path`: ours, or a submodule's at its pin."""
+        self.entry(path)
+        prefix = self._mount_of(path)
+        if not prefix:
+            return self.repo, self.sha, path
+        repo, sha = self._mounts[prefix]
+        return repo, sha, path.removeprefix(prefix).lstrip("/")
+
     def object_id(self, path: str) -> str | None:
-        """The git object id of a file or folder at this commit (equal ids mean equal content)."""
-        entry = self.entry(path)
+        """The git object id of a file or folder at this commit (equal ids mean equal content).
+
+        For a submodule's own path that is the pinned commit, so it changes whenever the pin moves.
+        """
+        entry = self._raw_entry(path)
         return entry.hexsha if entry is not None else None
 
     def read(self, path: str) -> bytes | None:
-        entry = self.entry(path)
+        entry = self._raw_entry(path)
         return entry.data_stream.read() if isinstance(entry, Blob) else None
 
     def exists(self, path: str) -> bool:
-        return self.entry(path) is not None
+        return self._raw_entry(path) is not None
 
     def is_dir(self, path: str) -> bool:
-        return isinstance(self.entry(path), Tree)
+        return isinstance(self._raw_entry(path), Tree | Gitlink)
 
-    def list_dir(self, path: str) -> list[Tree | Blob]:
+    def list_dir(self, path: str) -> list[Entry]:
         listing = self._listing(path)
         return sorted(listing.values(), key=lambda item: item.name) if listing else []
 
     def describe(self, path: str) -> str:
         """How files are named in errors: the path and the commit they were read at."""
         return f"{path}@{self.sha[:7]}"
+
+
+def _entry_of(item: Tree | Blob | Submodule) -> Entry:
+    return Gitlink(item.path, item.hexsha) if isinstance(item, Submodule) else item
 
 
 def extract_tar(data: bytes, target: Path) -> None:

@@ -3,7 +3,9 @@
 hubploy decrypts a file when it has a top-level `sops` key and otherwise uses it as it is. We keep that test
 but, like 2i2c's deployer, refuse a file under `secrets/` that is not encrypted: it was probably committed in
 plain text, and a deploy must not quietly use leaked values. Repositories that decrypt secrets before the
-deploy by other means (git-crypt in CI) say so with `secrets: {encryption: external}`.
+deploy by other means say so with `secrets: {encryption: external}`. git-crypt is not such a means here:
+files are read from git objects, where git-crypt keeps them encrypted, so its ciphertext is refused by name
+rather than handed to helm.
 
 Decrypted content exists only in a private temporary folder (mode 0700) that is removed when the block ends,
 whatever happens inside it; the values are collected so that logs and errors can be masked.
@@ -29,6 +31,14 @@ from hubploy_dagster.errors import HubployError
 from hubploy_dagster.tools import MissingToolError, find_tool
 
 MASK = "********"
+GIT_CRYPT_MAGIC = b"\x00GITCRYPT\x00"
+GIT_CRYPT_REASON = (
+    "is encrypted with git-crypt: files are read from git objects at the pinned commit, where git-crypt keeps "
+    "them encrypted (it decrypts only on checkout), so it cannot be used. Use sops instead: decrypt it "
+    "(git-crypt unlock), encrypt it with sops --encrypt --in-place, drop it from git-crypt's .gitattributes "
+    "patterns and commit"
+)
+NOT_SOPS_REASON = "is not sops-encrypted (no top-level 'sops' key): encrypt it with sops"
 MIN_MASKED_LENGTH = 4
 
 
@@ -52,6 +62,27 @@ def is_sops_encrypted(content: bytes) -> bool:
     """hubploy's rule: a parsed mapping with a top-level `sops` key."""
     data = _parse(content)
     return isinstance(data, dict) and "sops" in data
+
+
+def is_git_crypt_encrypted(content: bytes) -> bool:
+    """git-crypt's ciphertext, as stored in git objects, starts with its magic header."""
+    return content.startswith(GIT_CRYPT_MAGIC)
+
+
+def secret_file_problem(content: bytes, encryption: str) -> str | None:
+    """Why a committed secrets file cannot be deployed as it is, or None when it can."""
+    if is_git_crypt_encrypted(content):
+        return GIT_CRYPT_REASON
+    if encryption == "sops" and not is_sops_encrypted(content):
+        return NOT_SOPS_REASON
+    return None
+
+
+def refuse_git_crypt(files: list[tuple[str, bytes]]) -> None:
+    """Stop before any (label, content) that is git-crypt ciphertext reaches helm, whatever `encryption` says."""
+    for label, content in files:
+        if is_git_crypt_encrypted(content):
+            raise SecretError(f"{label} {GIT_CRYPT_REASON}")
 
 
 @contextmanager
@@ -139,8 +170,9 @@ def decrypted_files(
     "external" (decrypted before the deploy by other means), when it is used as it is.
 
     Nothing is written until every file has been checked, so a plaintext file stops the deploy before any
-    secret has touched the disk.
+    secret has touched the disk. git-crypt ciphertext is refused in both modes.
     """
+    refuse_git_crypt(files)
     encrypted = [is_sops_encrypted(content) for _, content in files]
     if encryption == "sops" and not all(encrypted):
         plain = next(label for (label, _), flag in zip(files, encrypted, strict=True) if not flag)
