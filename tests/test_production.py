@@ -40,7 +40,7 @@ from hubploy_dagster.keys import release_key
 DEPLOY = PROJECT_ROOT / "deploy"
 CODE_IMAGE = "hubploy-dagster/code:test"
 PG_VARIABLES = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
-SHARED_SECTIONS = ("telemetry", "storage", "run_coordinator", "concurrency", "run_retries")
+SHARED_SECTIONS = ("telemetry", "storage", "run_coordinator", "concurrency", "run_retries", "run_monitoring")
 RUN_TIMEOUT_S = 300.0
 
 
@@ -75,7 +75,7 @@ def test_production_configs_keep_the_project_instance_settings():
     project = load_yaml(PROJECT_ROOT / "dagster.yaml")
     production = load_yaml(DEPLOY / "dagster.yaml")
     docker_config = load_yaml(DEPLOY / "docker" / "dagster.yaml")
-    for section in ("telemetry", "concurrency", "run_retries"):
+    for section in ("telemetry", "concurrency", "run_retries", "run_monitoring"):
         assert production[section] == project[section], section
     connection = production["storage"]["postgres"]["postgres_db"]
     fields = ("hostname", "port", "username", "password", "db_name")
@@ -97,6 +97,12 @@ def test_production_configs_keep_the_project_instance_settings():
         "enabled": retries["enabled"],
         "max_retries": retries["maxRetries"],
         "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"],
+    }
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert project["run_monitoring"] == {
+        "enabled": monitoring["enabled"],
+        "free_slots_after_run_end_seconds": monitoring["freeSlotsAfterRunEndSeconds"],
+        "max_resume_run_attempts": monitoring["maxResumeRunAttempts"],
     }
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert values["telemetry"] == {"enabled": False}
