@@ -23,6 +23,7 @@ pytest_plugins = [
     "services.jupyterhub",
     "services.lab",
     "services.dagster_dev",
+    "services.dagster_split",
 ]
 
 

@@ -38,12 +38,14 @@ SENSOR_INTERVAL_S = 2
 STAGING_CHECKS = ("release_deployed", "workloads_ready")
 
 
-def write_hubs(builder: RepoBuilder, image_prefix: str, namespaces: dict[tuple[str, str], str]) -> None:
+def write_hubs(
+    builder: RepoBuilder, image_prefix: str, namespaces: dict[tuple[str, str], str], hubs: tuple[str, ...] = HUBS
+) -> None:
     """The bundled example (hubs/ with its sops rule, chart/) with images and namespaces of this test only."""
     shutil.copytree(PROJECT_ROOT / "chart", builder.path / "chart", ignore=shutil.ignore_patterns("charts"))
     (builder.path / "hubs").mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "hubs" / ".sops.yaml", builder.path / "hubs" / ".sops.yaml")
-    for hub in HUBS:
+    for hub in hubs:
         write_hub(builder, hub, hub, image_prefix, namespaces)
 
 

@@ -102,6 +102,7 @@ def test_production_configs_keep_the_project_instance_settings():
     assert project["run_monitoring"] == {
         "enabled": monitoring["enabled"],
         "free_slots_after_run_end_seconds": monitoring["freeSlotsAfterRunEndSeconds"],
+        "poll_interval_seconds": monitoring["pollIntervalSeconds"],
         "max_resume_run_attempts": monitoring["maxResumeRunAttempts"],
     }
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"

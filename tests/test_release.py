@@ -221,30 +221,44 @@ def test_no_cluster_configured_says_how_to_point_at_one(lab: Lab, tmp_path: Path
     assert f"no usable cluster in {missing}" in run.error() and "Point KUBECONFIG" in run.error()
 
 
-def kill_helm_upgrade_once_started(release: str, killed: threading.Event, timeout: float = 60) -> None:
-    """SIGKILL the `helm upgrade` of `release` as soon as it runs: what a lost machine or OOM kill does."""
+def kill_helm_upgrade_once_pending(lab: Lab, killed: threading.Event, timeout: float = 60) -> None:
+    """SIGKILL the `helm upgrade` of the lab's staging release once it recorded its pending revision and waits:
+    what a lost machine or an OOM kill does to it."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not killed.is_set():
-        for entry in Path("/proc").iterdir():
+    while time.monotonic() < deadline:
+        helm = next(
+            (pid for pid, args in processes() if args[:2] == [b"helm", b"upgrade"] and b"lab-staging" in args), None
+        )
+        if helm is not None and lab.history()[-1]["status"] == "pending-upgrade":
+            os.kill(helm, signal.SIGKILL)
+            killed.set()
+            return
+        time.sleep(0.2)
+
+
+def processes() -> list[tuple[int, list[bytes]]]:
+    """(pid, argv with the program's base name) of every process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
             try:
                 args = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if len(args) > 2 and args[0].endswith(b"helm") and args[1] == b"upgrade" and release.encode() in args:
-                time.sleep(1)  # let it write the pending revision and start waiting
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.set()
-                return
-        time.sleep(0.1)
+            found.append((int(entry.name), [args[0].rsplit(b"/", 1)[-1], *args[1:]]))
+    return found
 
 
 def test_a_release_left_pending_by_a_killed_helm_is_recovered_by_the_next_deploy(lab: Lab):
     lab.push_current_image()
     with lab.cluster.auto_ready(lab.namespace):
         assert lab.materialize().success
-    lab.builder.commit("a values change", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    config: {x: 1}\n"})
+    # A new pod template for the hub: a rollout that never completes here (no auto_ready), so helm waits.
+    lab.builder.commit(
+        "a new hub pod", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    extraEnv: {X: '1'}\n"}
+    )
     killed = threading.Event()
-    killer = threading.Thread(target=kill_helm_upgrade_once_started, args=("lab-staging", killed), daemon=True)
+    killer = threading.Thread(target=kill_helm_upgrade_once_pending, args=(lab, killed), daemon=True)
     killer.start()
     interrupted = lab.materialize()  # not ready: helm --wait is still waiting when it is killed
     killer.join()
