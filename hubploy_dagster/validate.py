@@ -111,11 +111,6 @@ class _HubChecks:
             path = f"{self.hub.path}/secrets/{filename}"
             if not snapshot.exists(path):
                 self.problem(self.config_file, key, f"{path} does not exist")
-        common = f"{self.hub.path}/config/common.yaml"
-        if not snapshot.exists(common):
-            self.problem(
-                snapshot.describe(common), "", "values file does not exist: every environment's release reads it"
-            )
 
     def _credential_files(self) -> list[tuple[str, str]]:
         images = self.hub.config.images
