@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from click.testing import CliRunner
-from conftest import RepoBuilder
+from conftest import PROJECT_ROOT, RepoBuilder
 
 from hubploy_dagster.cli import main
 from hubploy_dagster.definitions import build_definitions
 from hubploy_dagster.deployment import load_deployment
 
 
-def test_examples_validate(example_repo: RepoBuilder):
-    result = CliRunner().invoke(main, ["validate", "--repo", str(example_repo.path)])
+def test_examples_validate(example_repo: RepoBuilder, chart_cache: Path):
+    """Every check `hubploy validate` makes, secrets decrypted with the demo key and values rendered by the chart."""
+    demo_key = PROJECT_ROOT / "hubs" / "DEMO-ONLY-age-key.txt"
+    result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(demo_key)}).invoke(
+        main, ["validate", "--repo", str(example_repo.path)]
+    )
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("ok: 2 hubs valid")
+    assert result.stdout.startswith("ok: 2 hubs valid") and "(4 chart renders)" in result.stdout, result.stdout
 
 
 def test_examples_use_both_image_forms_and_have_every_values_file(example_repo: RepoBuilder):
