@@ -35,6 +35,7 @@ from hubploy_dagster.resources import TAG_GIT_SHA
 LAUNCHED_BY = "launched_by"  # metadata key of CLI deploys, which have no run to carry tags
 SENSOR_TAG = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
 FROM_UI_TAG = "dagster/from_ui"  # set by the Dagster UI on every run launched from it (launchpad, Materialize)
+CLOCK_SLACK_S = 60.0
 ROLLBACK_CAUSES = ("failed_checks", "failed_upgrade")  # metadata keys of a rollback observation that say why
 PAGE = 200
 
@@ -184,17 +185,18 @@ def _check_results(
     for key, since in oldest.items():
         for name in CHECK_NAMES:
             for execution in _executions_since(instance, dg.AssetCheckKey(key, name), since):
-                if execution.status.value in ("SUCCEEDED", "FAILED"):
+                if execution.run_id in runs and execution.status.value in ("SUCCEEDED", "FAILED"):
                     results[(execution.run_id, key)][name] = execution.status.value == "SUCCEEDED"
     return results
 
 
 def _executions_since(instance: dg.DagsterInstance, check: dg.AssetCheckKey, since: float) -> Iterable[Any]:
+    """Newest first, down to `since`; a minute of slack because storages may keep whole seconds only."""
     cursor: int | None = None
     while True:
         page = instance.event_log_storage.get_asset_check_execution_history(check, limit=PAGE, cursor=cursor)
-        yield from (execution for execution in page if execution.create_timestamp >= since)
-        if len(page) < PAGE or page[-1].create_timestamp < since:
+        yield from page
+        if len(page) < PAGE or page[-1].create_timestamp < since - CLOCK_SLACK_S:
             return
         cursor = page[-1].id
 
