@@ -36,7 +36,7 @@ Kubernetes emulator (every hub namespace auto-ready: workloads roll out as soon 
 its release storage on a throwaway PostgreSQL; images are built by the real Docker engine.
 
 Counted from the services: builds = tags in the registry (each build pushes one new tag; cross-checked against the
-image materializations with `built: true`), helm upgrades = revisions in `helm history` of every release
+image materializations with `built: true`), helm upgrades = the latest revision number in `helm history` of every release
 (cross-checked against the release materializations). Needed, from the history alone (git plumbing and YAML, no
 product code): image states = distinct (hub, image-folder tree) pairs at the staging heads the sensor saw;
 configuration changes = for each branch, the hubs whose inputs (hub folder, chart folder, watch paths,
@@ -411,14 +411,17 @@ def registry_tags(url: str) -> dict[str, list[str]]:
 
 
 def helm_revisions(hubs: list[str]) -> dict[str, int]:
-    """Revisions in `helm history` of each `<hub>-<env>` release (0 when it was never installed)."""
+    """The latest revision number in `helm history` of each `<hub>-<env>` release (0 when never installed).
+
+    Not the number of entries: `helm upgrade` keeps only the last 10 revisions (`--history-max`); revision numbers
+    count every install and upgrade (the replay makes no rollback)."""
     from hubploy_dagster.helm import Helm, HelmError
 
     helm, found = Helm(), {}
     for hub in hubs:
         for env in BRANCHES:
             try:
-                found[f"{hub}-{env}"] = len(helm.history(f"{hub}-{env}", f"{hub}-{env}"))
+                found[f"{hub}-{env}"] = max(int(r["revision"]) for r in helm.history(f"{hub}-{env}", f"{hub}-{env}"))
             except HelmError as exc:
                 if "not found" not in str(exc):
                     raise
