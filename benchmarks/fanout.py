@@ -66,7 +66,6 @@ from replay import (
     deploy_services,
     exit_on_sigterm,
     hub_files,
-    remove_local_images,
 )
 from synthetic_repo import DEFAULT_WORKDIR
 
@@ -363,6 +362,8 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
                         progress(f"  {json.dumps(result)}")
                         report["limits"].append(result)
             finally:
+                from services.registry import remove_local_images
+
                 remove_local_images(prefix)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -429,19 +429,6 @@ def helm_revisions(hubs: list[str]) -> dict[str, int]:
     return found
 
 
-def remove_local_images(prefix: str) -> None:
-    """The images the runs built stay in the registry (removed with it); their local tags go."""
-    import docker
-    import docker.errors
-
-    with contextlib.closing(docker.from_env()) as client:
-        for image in client.images.list():
-            for tag in image.tags:
-                if tag.startswith(f"{prefix}/"):
-                    with contextlib.suppress(docker.errors.APIError):
-                        client.images.remove(tag, noprune=False)
-
-
 # --- the replay ----------------------------------------------------------------------------------------------
 
 
@@ -587,6 +574,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                     report["replay"] = run_replay(repo, pushes, instance)
                 report["done"] = {"builds": count_builds(services.registry.url), **count_upgrades(history.hubs)}
             finally:
+                from services.registry import remove_local_images
+
                 remove_local_images(prefix)
             needed = needed_work(repo, pushes)
     finally:

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import RepoBuilder
-from test_end_to_end import DEMO_KEY, edit, push, remove_local_images, write_hubs
+from services.registry import remove_local_images
+from test_end_to_end import DEMO_KEY, edit, push, write_hubs
 
 from hubploy_dagster.helm import Helm
 

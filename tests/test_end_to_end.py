@@ -19,11 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, RepoBuilder
 from services.dagster_dev import Chromium, DagsterDev, DagsterDevLauncher, png_summary
+from services.registry import remove_local_images
 
 pytestmark = pytest.mark.integration
 
@@ -373,13 +373,3 @@ def location_hubs(dev: DagsterDev) -> set[str]:
     """The hubs the code location has assets for, as the webserver sees them now."""
     data = dev.graphql("{ assetNodes { assetKey { path } } }")
     return {node["assetKey"]["path"][0] for node in data["assetNodes"]}
-
-
-def remove_local_images(prefix: str) -> None:
-    """The images the runs built stay in the registry (removed with it); their local tags go now."""
-    with contextlib.closing(docker.from_env()) as client:
-        for image in client.images.list():
-            for tag in image.tags:
-                if tag.startswith(f"{prefix}/"):
-                    with contextlib.suppress(docker.errors.APIError):
-                        client.images.remove(tag, noprune=False)

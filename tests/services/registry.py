@@ -15,6 +15,7 @@ Each can be stopped and started again (same port, same storage) to simulate an o
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -432,3 +433,13 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryService]:
     """A registry over https (self-signed) with bearer tokens from `token_registry.token_server`."""
     yield from _service(tmp_path_factory, "token-registry", "token")
+
+
+def remove_local_images(prefix: str) -> None:
+    """The images runs built stay in the registry (removed with it); their local tags under `prefix/` go now."""
+    with contextlib.closing(docker.from_env()) as client:
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{prefix}/"):
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(tag, noprune=False)
