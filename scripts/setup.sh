@@ -12,6 +12,8 @@
 #     docker      start dockerd when no engine answers (scripts/start-dockerd.sh)
 #     base-image  local base image hubploy-dagster/base:busybox (scripts/make-base-image.sh)
 #     chromium    headless Chromium (Debian `chromium`) for the end-to-end UI screenshot test
+#     control-plane  etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok built from Go
+#                 modules into a cache keyed by version, linked into .tools/bin (scripts/build-control-plane.sh)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -228,10 +230,11 @@ step_chromium() {
 # 9>&-: dockerd outlives us and must not inherit (and so hold) the set-up lock.
 step_docker() { "$ROOT/scripts/start-dockerd.sh" 9>&-; }
 step_base_image() { "$ROOT/scripts/make-base-image.sh"; }
+step_control_plane() { "$ROOT/scripts/build-control-plane.sh"; }
 
 # ---------------------------------------------------------------------------------------------
 steps=("$@")
-((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image chromium)
+((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image chromium control-plane)
 mkdir -p "$LOCAL_DIR"
 # One set-up at a time (two `make` runs would otherwise race on pip, npm pack, dockerd).
 exec 9>"$LOCAL_DIR/setup.lock"
@@ -244,7 +247,8 @@ for s in "${steps[@]}"; do
     case "$s" in
         apt | venv | tools | proxy | sops | docker | chromium) "step_$s" ;;
         base-image) step_base_image ;;
-        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image chromium)" ;;
+        control-plane) step_control_plane ;;
+        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image chromium control-plane)" ;;
     esac
 done
 log "done (${steps[*]}) in $((SECONDS - start))s"

@@ -3,8 +3,8 @@ comes back: no queued deploy is lost or launched twice, the interrupted one is f
 retry does not put its older commit over the newer ones deployed meanwhile.
 
 Dagster runs as in production, its code server, webserver and daemon as separate processes
-(tests/services/dagster_split.py); the deploys are real (git, Docker engine, registry, helm on PostgreSQL)
-against the emulated cluster (tests/services/cluster.py), started by the git sensor, observed over GraphQL.
+(tests/services/dagster_split.py); the deploys are real (git, Docker engine, registry, helm) on the local
+control plane (tests/services/cluster.py), started by the git sensor, observed over GraphQL.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import RepoBuilder
+from services.cluster import CRASHING_TAG
 from services.registry import remove_local_images
-from test_end_to_end import DEMO_KEY, edit, push, write_hubs
+from test_end_to_end import DEMO_KEY, push, write_hubs
 
 from hubploy_dagster.helm import Helm
 
@@ -32,7 +34,7 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
 def test_daemon_killed_with_deploys_queued_and_one_running_then_restarted(
-    repo_builder: RepoBuilder, registry, k8s_cluster, postgres, chart_cache: Path, dagster_split, tmp_path: Path
+    repo_builder: RepoBuilder, registry, k8s_cluster, chart_cache: Path, dagster_split, tmp_path: Path
 ):
     image_prefix = f"{registry.host}/restart-{uuid.uuid4().hex[:8]}"
     namespaces = {(HUB, env): k8s_cluster.new_namespace_name(f"rs-{HUB}-{env}") for env in ("staging", "prod")}
@@ -41,7 +43,7 @@ def test_daemon_killed_with_deploys_queued_and_one_running_then_restarted(
     origin = tmp_path / "deployment.git"
     subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=staging", str(origin)], check=True)
     push(repo_builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
-    env = k8s_cluster.helm_env(postgres.create_database())
+    env = k8s_cluster.helm_env()
     env |= {
         "HUBPLOY_REPO": str(origin),
         "HUBPLOY_SENSOR_INTERVAL": "2",
@@ -52,7 +54,6 @@ def test_daemon_killed_with_deploys_queued_and_one_running_then_restarted(
     staging_ns = namespaces[HUB, "staging"]
     with contextlib.ExitStack() as stack:
         stack.callback(remove_local_images, image_prefix)
-        stack.enter_context(k8s_cluster.auto_ready(namespaces[HUB, "prod"]))
         dagster = dagster_split.start(env)
         dev = dagster.webserver
 
@@ -64,18 +65,21 @@ def test_daemon_killed_with_deploys_queued_and_one_running_then_restarted(
             return found[0] if len(found) == 1 and found[0]["status"] == status else None
 
         # A first deploy that succeeds (the release then has a good revision to return to).
-        with k8s_cluster.auto_ready(staging_ns):
-            dev.wait_for("the first deploy", lambda: one(sha0, "SUCCESS"), WAIT_S)
+        dev.wait_for("the first deploy", lambda: one(sha0, "SUCCESS"), WAIT_S)
 
-        # A deploy held in `helm upgrade --wait` (its workloads never become ready) ...
-        edit(repo_builder, "hubs/datahub/config/staging.yaml", "# restart test: the deploy that gets interrupted")
+        # A deploy held in `helm upgrade --wait`: a hub image whose pods crash-loop never becomes ready ...
+        staging_values = repo_builder.path / "hubs/datahub/config/staging.yaml"
+        good_values = staging_values.read_text()
+        crashing = yaml.safe_load(good_values)
+        crashing["jupyterhub"]["hub"]["image"] = {"tag": f"{CRASHING_TAG}-1"}
+        staging_values.write_text(yaml.safe_dump(crashing))
         sha1 = repo_builder.commit("datahub: change 1")
         push(repo_builder, origin, "staging:refs/heads/staging")
         running = dev.wait_for("the run of change 1 in helm upgrade", lambda: in_helm_upgrade(dev, runs(sha1)), WAIT_S)
         # ... and two more pushes for the same hub, queued behind it (one run per hub at a time).
         queued = {}
         for n in (2, 3):
-            edit(repo_builder, "hubs/datahub/config/staging.yaml", f"# restart test: change {n}")
+            staging_values.write_text(f"{good_values}# restart test: change {n}\n")
             sha = repo_builder.commit(f"datahub: change {n}")
             push(repo_builder, origin, "staging:refs/heads/staging")
             queued[sha] = dev.wait_for(f"the queued run of change {n}", lambda sha=sha: one(sha, "QUEUED"), WAIT_S)
@@ -88,19 +92,16 @@ def test_daemon_killed_with_deploys_queued_and_one_running_then_restarted(
         assert helm_status(env, staging_ns) == "pending-upgrade"  # what the killed helm left
 
         dagster.start_daemon()
-        with k8s_cluster.auto_ready(staging_ns):
-            retry = dev.wait_for(
-                "the retry of the interrupted run",
-                lambda: next(
-                    (r for r in runs(sha1) if r["tags"].get("dagster/parent_run_id") == failed["runId"]), None
-                ),
-                WAIT_S,
-            )
-            done = dev.wait_for(
-                "every deploy to finish",
-                lambda: all(r["status"] in FINISHED for sha in (sha1, *queued) for r in runs(sha)) and runs(sha1),
-                WAIT_S,
-            )
+        retry = dev.wait_for(
+            "the retry of the interrupted run",
+            lambda: next((r for r in runs(sha1) if r["tags"].get("dagster/parent_run_id") == failed["runId"]), None),
+            WAIT_S,
+        )
+        done = dev.wait_for(
+            "every deploy to finish",
+            lambda: all(r["status"] in FINISHED for sha in (sha1, *queued) for r in runs(sha)) and runs(sha1),
+            WAIT_S,
+        )
         assert done
         sha2, sha3 = queued
         # Each queued deploy ran exactly once, and succeeded.

@@ -1,7 +1,7 @@
 """End to end: a real `dagster dev` (webserver + daemon) deploys pushes to a bare deployment repository.
 
-Everything is real but the Kubernetes API server (the kmock emulator, tests/services/cluster.py): git, the
-Docker engine and an OCI registry for the images, helm on PostgreSQL storage, sops with the demo age key,
+Everything is real: git, the Docker engine and an OCI registry for the images, helm on the local control
+plane (tests/services/cluster.py, whose kwok node runs no containers), sops with the demo age key,
 the project's dagster.yaml, workspace.yaml and umbrella chart, and the bundled example hubs (datahub and
 research, pointed at the test registry and at namespaces of their own). Nothing is launched by hand: the git
 sensor does everything, and everything is observed over the webserver's GraphQL API, plus a screenshot of
@@ -133,7 +133,6 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
     repo_builder: RepoBuilder,
     registry,
     k8s_cluster,
-    postgres,
     chart_cache: Path,
     dagster_dev: DagsterDevLauncher,
     chromium: Chromium,
@@ -163,7 +162,7 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
     subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=staging", str(origin)], check=True)
     push(builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
 
-    env = k8s_cluster.helm_env(postgres.create_database())
+    env = k8s_cluster.helm_env()
     env.update(
         {
             "HUBPLOY_REPO": str(origin),
@@ -175,9 +174,6 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
     )
     dagster_dev.keep_logs = ARTIFACTS / "end_to_end_dagster_dev.log"
     with contextlib.ExitStack() as stack:
-        # The emulator rolls workloads out as soon as helm writes them (helm --wait, workload checks).
-        for namespace in namespaces.values():
-            stack.enter_context(k8s_cluster.auto_ready(namespace))
         stack.callback(remove_local_images, image_prefix)
 
         dev = dagster_dev.start(env, base={})

@@ -1,6 +1,6 @@
 """Health checks after each release, the promotion gate and automatic rollback.
 
-The cluster is the kmock emulator (tests/services/cluster.py); the hub the API and test-user checks talk to
+The cluster is the local control plane (tests/services/cluster.py); the hub the API and test-user checks talk to
 is a real JupyterHub (tests/services/jupyterhub.py).
 """
 
@@ -10,7 +10,7 @@ import socket
 
 import dagster as dg
 import pytest
-from services.lab import Lab
+from services.lab import CRASHING_HUB, Lab
 
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from jobs.deploy import rollback
@@ -32,8 +32,7 @@ def test_every_check_passes_against_a_healthy_release_and_a_real_hub(lab: Lab, j
         token=jupyterhub_server.token,
     )
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        run = lab.materialize(checks=True)
+    run = lab.materialize(checks=True)
     assert run.success, run.error() if not run.success else ""
     checks = run.checks()
     assert set(checks) == {"release_deployed", "workloads_ready", "hub_api", "test_user_server"}
@@ -47,8 +46,7 @@ def test_every_check_passes_against_a_healthy_release_and_a_real_hub(lab: Lab, j
 
 def test_readiness_names_the_crash_looping_pod(lab: Lab):
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        assert lab.materialize().success
+    assert lab.materialize().success
     pods = lab.cluster.mark_crashloop(lab.namespace, "hub")
     run = lab.materialize(checks_only=True)
     workloads = run.checks()["workloads_ready"]
@@ -60,8 +58,7 @@ def test_readiness_names_the_crash_looping_pod(lab: Lab):
 def test_failing_blocking_check_on_staging_stops_prod_in_the_same_run(lab: Lab):
     lab.configure(lab.environments(staging_url=dead_url()))
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
-        run = lab.materialize("staging", "prod", checks=True)
+    run = lab.materialize("staging", "prod", checks=True)
     assert not run.checks()["hub_api"].passed and "connection refused" in (run.checks()["hub_api"].description or "")
     assert run.materialized() == ["lab/staging"]
     assert not lab.release_exists("prod")
@@ -70,11 +67,10 @@ def test_failing_blocking_check_on_staging_stops_prod_in_the_same_run(lab: Lab):
 def test_rollback_returns_to_the_last_healthy_revision_and_says_so(lab: Lab, jupyterhub_server):
     lab.configure(lab.environments(staging_url=jupyterhub_server.url) + "rollback: on-failure\n")
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        healthy = lab.materialize(checks=True)
-        assert healthy.success and all(c.passed for c in healthy.checks().values())
-        lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
-        broken = lab.materialize(checks=True)
+    healthy = lab.materialize(checks=True)
+    assert healthy.success and all(c.passed for c in healthy.checks().values())
+    lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
+    broken = lab.materialize(checks=True)
     assert broken.metadata()["helm_revision"] == 2
     assert not broken.checks()["hub_api"].passed
     [rollback] = [o for o in broken.observations() if "rollback" in o]
@@ -93,8 +89,7 @@ def test_rollback_returns_to_the_last_healthy_revision_and_says_so(lab: Lab, jup
 def test_no_rollback_without_an_earlier_healthy_revision(lab: Lab):
     lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        run = lab.materialize(checks=True)
+    run = lab.materialize(checks=True)
     assert {"rollback": "impossible", "from_revision": 1, "failed_checks": "hub_api"} in run.observations()
     assert [h["revision"] for h in lab.history()] == [1]
 
@@ -108,16 +103,14 @@ def test_promotion_gate_refuses_an_untested_configuration_and_allows_a_tested_on
     assert observation["promotion"] == "refused" and "never passed its staging checks" in observation["reason"]
     assert not lab.release_exists("prod")
 
-    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
-        assert lab.materialize(checks=True).success
-        promoted = lab.materialize("prod")
+    assert lab.materialize(checks=True).success
+    promoted = lab.materialize("prod")
     assert promoted.materialized() == ["lab/prod"]
     assert "promotion_override" not in promoted.metadata("prod")
     assert lab.history("prod")[-1]["status"] == "deployed"
 
     lab.builder.commit("an untested change", {"hubs/lab/config/prod.yaml": "jupyterhub: {cull: {timeout: 7200}}\n"})
-    with lab.cluster.auto_ready(f"{lab.namespace}-prod"):
-        forced = lab.materialize("prod", tags={"promotion_override": "alice: hotfix, incident 42"})
+    forced = lab.materialize("prod", tags={"promotion_override": "alice: hotfix, incident 42"})
     assert forced.materialized() == ["lab/prod"]
     assert forced.metadata("prod")["promotion_override"] == "alice: hotfix, incident 42"
 
@@ -125,23 +118,22 @@ def test_promotion_gate_refuses_an_untested_configuration_and_allows_a_tested_on
 def test_rollback_job_returns_a_release_to_a_chosen_revision(lab: Lab):
     """The operator's rollback job: helm rollback with the hub's credentials, recorded on the release asset."""
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        assert lab.materialize().success
-        lab.builder.commit(
-            "bigger", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 3G}\n"}
-        )
-        assert lab.materialize().success
-        defs = dg.Definitions(
-            jobs=[rollback],
-            resources={
-                "deployment_repo": DeploymentRepoResource(source=str(lab.builder.path)),
-                "sops": SopsResource(age_key_file=str(lab.age_key)),
-            },
-        )
-        result = defs.resolve_job_def("rollback").execute_in_process(
-            run_config={"ops": {"rollback_hub": {"config": {"hub": "lab", "env": "staging", "revision": 1}}}},
-            instance=lab.instance,
-        )
+    assert lab.materialize().success
+    lab.builder.commit(
+        "bigger", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 3G}\n"}
+    )
+    assert lab.materialize().success
+    defs = dg.Definitions(
+        jobs=[rollback],
+        resources={
+            "deployment_repo": DeploymentRepoResource(source=str(lab.builder.path)),
+            "sops": SopsResource(age_key_file=str(lab.age_key)),
+        },
+    )
+    result = defs.resolve_job_def("rollback").execute_in_process(
+        run_config={"ops": {"rollback_hub": {"config": {"hub": "lab", "env": "staging", "revision": 1}}}},
+        instance=lab.instance,
+    )
     assert result.success
     history = lab.history()
     assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["description"] == "Rollback to 1"
@@ -156,14 +148,11 @@ def test_a_failed_upgrade_rolls_back_to_the_last_healthy_revision_and_prod_is_un
     events hold both the failure and the rollback."""
     lab.configure(lab.environments() + "rollback: on-failure\nhelm: {timeout: 15s}\n")
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
-        healthy = lab.materialize("staging", "prod", checks=True)
-        assert healthy.success, healthy.error()
-        prod_before = lab.history("prod")
-        broken = "jupyterhub:\n  hub:\n    image: {tag: broken-build}\n"
-        lab.builder.commit("a hub image that crashes", {"hubs/lab/config/staging.yaml": broken})
-        with lab.cluster.crash_image("*:broken-build"):
-            failed = lab.materialize("staging", "prod", checks=True)
+    healthy = lab.materialize("staging", "prod", checks=True)
+    assert healthy.success, healthy.error()
+    prod_before = lab.history("prod")
+    lab.builder.commit("a hub image that crashes", {"hubs/lab/config/staging.yaml": CRASHING_HUB})
+    failed = lab.materialize("staging", "prod", checks=True)
     assert not failed.success
     assert "helm upgrade of lab-staging" in failed.error()
     history = lab.history()

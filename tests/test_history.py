@@ -56,19 +56,18 @@ def history_json(*args: str) -> list[dict]:
 def test_history_lists_releases_promotions_refusals_and_rollbacks(audited: Lab):
     lab = audited
     tag = lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
-        first_sha = lab.builder.repo.head.commit.hexsha
-        first = lab.materialize(checks=True, tags=by_sensor(lab))
-        second_sha = lab.builder.commit(
-            "bigger servers", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 4G}\n"}
-        )
-        second = lab.materialize(checks=True, tags=by_sensor(lab))
-        prod = lab.materialize("prod", tags={"dagster/from_ui": "true"})  # an operator promotes in the UI
-        lab.builder.commit("untested prod change", {"hubs/lab/config/prod.yaml": "jupyterhub: {cull: {timeout: 1}}\n"})
-        refused = lab.materialize("prod", tags=by_sensor(lab, "prod"))
-        lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
-        broken_sha = lab.builder.repo.head.commit.hexsha
-        broken = lab.materialize(checks=True, tags=by_sensor(lab))
+    first_sha = lab.builder.repo.head.commit.hexsha
+    first = lab.materialize(checks=True, tags=by_sensor(lab))
+    second_sha = lab.builder.commit(
+        "bigger servers", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 4G}\n"}
+    )
+    second = lab.materialize(checks=True, tags=by_sensor(lab))
+    prod = lab.materialize("prod", tags={"dagster/from_ui": "true"})  # an operator promotes in the UI
+    lab.builder.commit("untested prod change", {"hubs/lab/config/prod.yaml": "jupyterhub: {cull: {timeout: 1}}\n"})
+    refused = lab.materialize("prod", tags=by_sensor(lab, "prod"))
+    lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
+    broken_sha = lab.builder.repo.head.commit.hexsha
+    broken = lab.materialize(checks=True, tags=by_sensor(lab))
     for run in (first, second, prod, refused):
         assert run.success, run.error()
     assert prod.materialized() == ["lab/prod"] and refused.materialized() == []
@@ -123,8 +122,7 @@ def test_cli_deploy_is_recorded_as_launched_by_the_cli(audited: Lab):
     lab = audited
     lab.push_current_image()
     args = ["deploy", "lab", "chart", "staging", "--repo", str(lab.builder.path)]
-    with lab.cluster.auto_ready(lab.namespace):
-        result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)}).invoke(main, args)
+    result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)}).invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.stdout == f"lab-staging\t{lab.namespace}\trevision 1\tdeployed\n"
     [row] = history_json("lab")

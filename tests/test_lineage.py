@@ -71,11 +71,10 @@ def test_release_metadata_links_commit_image_and_run_and_prod_names_the_staging_
     lab.builder.repo.create_remote("origin", "git@github.com:example-org/hubs.git")
     tag = lab.push_current_image()
     sha = lab.builder.repo.head.commit.hexsha
-    with lab.cluster.auto_ready(lab.namespace), lab.cluster.auto_ready(f"{lab.namespace}-prod"):
-        staging = lab.materialize(checks=True)
-        assert staging.success, staging.error()
-        prod = lab.materialize("prod")
-        assert prod.success, prod.error()
+    staging = lab.materialize(checks=True)
+    assert staging.success, staging.error()
+    prod = lab.materialize("prod")
+    assert prod.success, prod.error()
 
     meta = staging.metadata()
     assert meta["commit"] == f"https://github.com/example-org/hubs/commit/{sha}"
@@ -94,8 +93,7 @@ def test_release_metadata_links_commit_image_and_run_and_prod_names_the_staging_
 def test_without_a_forge_or_webserver_the_sha_is_plain_text(lab: Lab, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HUBPLOY_WEBSERVER_URL", raising=False)
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        run = lab.materialize()
+    run = lab.materialize()
     assert run.success, run.error()
     [event] = run.result.get_asset_materialization_events()
     commit = event.materialization.metadata["commit"]

@@ -52,12 +52,11 @@ def two_deployed_hubs(lab: Lab) -> tuple[Lab, str]:
     push_image(lab.registry, lab.image.split("/", 1)[1], quiet_tag)
     deployment = load_deployment(repo.snapshot(sha))
     for name, namespace in (("lab", lab.namespace), ("quiet", quiet_namespace)):
-        with lab.cluster.auto_ready(namespace):
-            hub = deployment.hub(name)
-            for _ in range(2):
-                deploy_hub(
-                    repo, deployment, hub, "staging", Sops(age_key_file=str(lab.age_key)), DeployOptions(), print
-                )
+        hub = deployment.hub(name)
+        for _ in range(2):
+            deploy_hub(
+                repo, deployment, hub, "staging", Sops(age_key_file=str(lab.age_key)), DeployOptions(), print
+            )
     return lab, sha
 
 

@@ -2,7 +2,7 @@
 launcher, and Kubernetes (Dagster's Helm chart values and the deployer's RBAC).
 
 The integration tests use the real PostgreSQL, Docker engine, registry and helm of tests/services/, and the
-emulated Kubernetes API server (services/cluster.py); the Docker test runs the production topology for real:
+local control plane (services/cluster.py); the Docker test runs the production topology for real:
 a code server container from deploy/Dockerfile's image, `dagster-daemon` with deploy/docker/dagster.yaml, and
 the git sensor's run in a container of its own.
 """
@@ -120,8 +120,7 @@ def test_deploy_history_lands_in_postgres_and_a_second_instance_reads_it(lab: La
     assert type(writer.run_coordinator).__name__ == "QueuedRunCoordinator"
     lab.instance = writer
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        run = lab.materialize()
+    run = lab.materialize()
     assert run.success, run.error()
     writer.dispose()
 
@@ -280,7 +279,7 @@ def test_docker_run_launcher_deploys_a_hub_from_a_container(
     """The production topology on one Docker host: code server container, daemon, one container per run.
 
     The git sensor (in the code server) requests the staging deploy of the new hub; the queued coordinator and
-    the daemon launch it with DockerRunLauncher; the run container deploys with helm to the emulated cluster and
+    the daemon launch it with DockerRunLauncher; the run container deploys with helm to the test cluster and
     records the release in the shared PostgreSQL storage.
     """
     lab.push_current_image()  # the run finds the image in the registry: it deploys without a build
@@ -288,7 +287,7 @@ def test_docker_run_launcher_deploys_a_hub_from_a_container(
     repository = tmp_path / "deployment.git"
     subprocess.run(["git", "clone", "--quiet", "--bare", str(lab.builder.path), str(repository)], check=True)
 
-    helm_variables = ("KUBECONFIG", "HELM_KUBECONTEXT", "HELM_DRIVER", "HELM_DRIVER_SQL_CONNECTION_STRING")
+    helm_variables = ("KUBECONFIG", "HELM_KUBECONTEXT")
     environment = {
         **dagster_db,
         **{name: os.environ[name] for name in helm_variables},
@@ -312,10 +311,7 @@ def test_docker_run_launcher_deploys_a_hub_from_a_container(
     reader = dg.DagsterInstance.from_config(str(home))
     run_ids: list[str] = []
     try:
-        with (
-            lab.cluster.auto_ready(lab.namespace),
-            code_server(code_image, environment, volumes) as port,
-        ):
+        with code_server(code_image, environment, volumes) as port:
             workspace["load_from"][0]["grpc_server"]["port"] = port
             (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
             with daemon(home, {**os.environ, **environment}) as log:

@@ -1,7 +1,6 @@
-"""Release assets and `hubploy deploy`: real helm and the real jupyterhub chart against the emulated cluster.
+"""Release assets and `hubploy deploy`: real helm and the real jupyterhub chart on the local control plane.
 
-The Kubernetes API server is the `kmock` emulator (tests/services/cluster.py); helm keeps its releases in a
-real PostgreSQL (HELM_DRIVER=sql); images are in a real registry.
+The cluster is the project's local control plane (tests/services/cluster.py); images are in a real registry.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import new_age_key, sops_encrypt
-from services.lab import CANARY, Lab
+from services.lab import CANARY, CRASHING_HUB, Lab
 
 from hubploy_dagster.cli import main
 from hubploy_dagster.helm import Helm
@@ -27,18 +26,17 @@ pytestmark = pytest.mark.integration
 
 def test_install_then_upgrade_records_helm_revisions(lab: Lab):
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        first = lab.materialize()
-        assert first.success, first.error()
-        meta = first.metadata()
-        assert meta["helm_revision"] == 1 and meta["helm_status"] == "deployed"
-        assert meta["chart"] == "hub-0.1.0" and meta["namespace"] == lab.namespace and meta["release"] == "lab-staging"
-        assert meta["git_sha"] == lab.builder.repo.head.commit.hexsha and meta["values_digest"].startswith("sha256:")
-        lab.builder.commit(
-            "bigger servers", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 4G}\n"}
-        )
-        second = lab.materialize()
-        assert second.success, second.error()
+    first = lab.materialize()
+    assert first.success, first.error()
+    meta = first.metadata()
+    assert meta["helm_revision"] == 1 and meta["helm_status"] == "deployed"
+    assert meta["chart"] == "hub-0.1.0" and meta["namespace"] == lab.namespace and meta["release"] == "lab-staging"
+    assert meta["git_sha"] == lab.builder.repo.head.commit.hexsha and meta["values_digest"].startswith("sha256:")
+    lab.builder.commit(
+        "bigger servers", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 4G}\n"}
+    )
+    second = lab.materialize()
+    assert second.success, second.error()
     assert second.metadata()["helm_revision"] == 2
     assert second.metadata()["values_digest"] != meta["values_digest"]
     history = lab.history()
@@ -48,12 +46,9 @@ def test_install_then_upgrade_records_helm_revisions(lab: Lab):
 
 def test_failing_atomic_upgrade_rolls_back_and_no_secret_leaks(lab: Lab, capfd):
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        assert lab.materialize().success
-        broken = "jupyterhub:\n  hub:\n    image: {tag: broken-build}\n"
-        lab.builder.commit("a hub image that crashes", {"hubs/lab/config/staging.yaml": broken})
-        with lab.cluster.crash_image("*:broken-build"):
-            failed = lab.materialize()
+    assert lab.materialize().success
+    lab.builder.commit("a hub image that crashes", {"hubs/lab/config/staging.yaml": CRASHING_HUB})
+    failed = lab.materialize()
     assert not failed.success
     message = failed.error()
     assert "helm upgrade of lab-staging" in message and "failed" in message
@@ -67,8 +62,7 @@ def test_failing_atomic_upgrade_rolls_back_and_no_secret_leaks(lab: Lab, capfd):
 
 def test_successful_deploy_leaks_no_secret(lab: Lab, capfd):
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        run = lab.materialize()
+    run = lab.materialize()
     assert run.success, run.error()
     captured = capfd.readouterr()
     recorded = run.recorded()
@@ -124,12 +118,12 @@ def test_values_error_is_reported_before_any_upgrade(lab: Lab):
     run = lab.materialize()
     assert not run.success and "helm template of lab (staging)" in run.error()
     assert no_release(lab)
-    assert lab.namespace not in [ns["metadata"]["name"] for ns in lab.cluster.objects("v1/namespaces")]
+    assert lab.namespace not in lab.cluster.namespaces()
 
 
 def test_unreachable_cluster_names_the_server(lab: Lab):
     lab.push_current_image()
-    lab.cluster.stop()
+    lab.cluster.stop_apiserver()
     try:
         run = lab.materialize()
     finally:
@@ -151,8 +145,7 @@ def test_cli_deploy_matches_the_asset(lab: Lab):
         "--set",
         "jupyterhub.cull.enabled=false",
     ]
-    with lab.cluster.auto_ready(lab.namespace):
-        result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)}).invoke(main, args)
+    result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)}).invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.stdout == f"lab-staging\t{lab.namespace}\trevision 1\tdeployed\n"
     assert CANARY not in result.output
@@ -177,8 +170,7 @@ def test_kubeconfig_provider_uses_the_hubs_encrypted_kubeconfig_and_leaves_no_tr
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))  # the ambient one must not be used
     monkeypatch.delenv("HELM_KUBECONTEXT")
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        run = lab.materialize()
+    run = lab.materialize()
     assert run.success, run.error()
     assert run.metadata()["helm_revision"] == 1
     assert os.environ["KUBECONFIG"] == str(tmp_path / "no-such-kubeconfig"), "the process environment is untouched"
@@ -251,12 +243,9 @@ def processes() -> list[tuple[int, list[bytes]]]:
 
 def test_a_release_left_pending_by_a_killed_helm_is_recovered_by_the_next_deploy(lab: Lab):
     lab.push_current_image()
-    with lab.cluster.auto_ready(lab.namespace):
-        assert lab.materialize().success
-    # A new pod template for the hub: a rollout that never completes here (no auto_ready), so helm waits.
-    lab.builder.commit(
-        "a new hub pod", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    extraEnv: {X: '1'}\n"}
-    )
+    assert lab.materialize().success
+    # A hub image whose pods crash-loop: the rollout never completes, so helm --wait waits.
+    lab.builder.commit("a hub pod that never becomes ready", {"hubs/lab/config/staging.yaml": CRASHING_HUB})
     killed = threading.Event()
     killer = threading.Thread(target=kill_helm_upgrade_once_pending, args=(lab, killed), daemon=True)
     killer.start()
@@ -264,8 +253,8 @@ def test_a_release_left_pending_by_a_killed_helm_is_recovered_by_the_next_deploy
     killer.join()
     assert killed.is_set() and not interrupted.success
     assert lab.history()[-1]["status"] == "pending-upgrade"
-    with lab.cluster.auto_ready(lab.namespace):
-        recovered = lab.materialize()
+    lab.builder.commit("a hub pod that works", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    extraEnv: {X: '1'}\n"})
+    recovered = lab.materialize()
     assert recovered.success, recovered.error()
     assert (
         "lab-staging was left pending-upgrade by an interrupted helm: rolling back to revision 1"

@@ -1,7 +1,7 @@
-"""`lab`: a deployment repository with one hub on the real umbrella chart, and the emulated cluster to deploy to.
+"""`lab`: a deployment repository with one hub on the real umbrella chart, and the cluster to deploy to.
 
-Used by the release, health-check and promotion tests. The Kubernetes API server is the kmock emulator
-(tests/services/cluster.py); helm stores releases in a real PostgreSQL; images live in a real registry.
+Used by the release, health-check and promotion tests. The cluster is the local control plane
+(tests/services/cluster.py); images live in a real registry.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from hubploy_dagster.helm import Helm
 from hubploy_dagster.keys import release_key
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.tags import ImageTagIndex
+from services.cluster import CRASHING_TAG
 from services.registry import push_image
 
 CANARY = f"canary-{uuid.uuid4().hex}"
+# Staging values whose hub pod crash-loops on the test cluster: an upgrade to them never becomes ready.
+CRASHING_HUB = f"jupyterhub:\n  hub:\n    image: {{tag: {CRASHING_TAG}-build}}\n"
 
 
 @dataclass
@@ -161,8 +164,8 @@ class Lab:
 
 
 @pytest.fixture
-def lab(repo_builder: RepoBuilder, registry, k8s_cluster, postgres, chart_cache, monkeypatch, tmp_path: Path) -> Lab:
-    for name, value in k8s_cluster.helm_env(postgres.create_database()).items():
+def lab(repo_builder: RepoBuilder, registry, k8s_cluster, chart_cache, monkeypatch, tmp_path: Path) -> Lab:
+    for name, value in k8s_cluster.helm_env().items():
         monkeypatch.setenv(name, value)
     key, recipient = new_age_key(tmp_path)
     shutil.copytree(PROJECT_ROOT / "chart", repo_builder.path / "chart", ignore=shutil.ignore_patterns("charts"))

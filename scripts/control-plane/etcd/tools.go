@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package tools pins the programs this module builds; scripts/build-control-plane.sh builds them.
+package tools
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+)
