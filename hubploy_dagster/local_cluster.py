@@ -397,7 +397,7 @@ class LocalCluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(component.process.pid, signal.SIGTERM)
         try:
-            component.process.wait(timeout=20)
+            component.process.wait(timeout=5)  # kube-apiserver drains its watches for longer than a test should wait
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(component.process.pid, signal.SIGKILL)
