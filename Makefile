@@ -24,7 +24,6 @@ test: setup
 	python -m pytest $(PYTEST_ARGS)
 
 run: setup
-	scripts/make-example-repo.sh
 	scripts/run-example.sh
 
 lint:

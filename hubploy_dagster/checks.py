@@ -186,7 +186,7 @@ def run_checks(
         helm = Helm(env=login.env, masker=masker, log=context.log.info)
         runners: dict[str, Callable[[], CheckOutcome]] = {
             "release_deployed": lambda: retried(
-                lambda: check_release(helm, release, namespace, recorded.get("helm_revision")),
+                lambda: check_release(helm, login, release, namespace, recorded.get("helm_revision")),
                 checks["release_deployed"],
             ),
             "workloads_ready": lambda: retried(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -59,6 +60,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _is_free(port: int | None) -> bool:
+    if port is None:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 # -- certificates ------------------------------------------------------------------------------------
@@ -132,8 +144,7 @@ class Pki:
         ca = _certificate(_name("hubploy-local-cluster-ca"), ca_key, None, ca=True)
         server_key = _key()
         sans: list[x509.GeneralName] = [
-            x509.DNSName(name)
-            for name in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+            x509.DNSName(name) for name in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
         ]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.96.0.1")]
         server = _certificate(_name("kube-apiserver"), server_key, (ca, ca_key), sans=sans)
@@ -149,7 +160,9 @@ class Pki:
         sa_key = _key()
         _write_key(sa_key, self.service_account_key)
         self.service_account_pub.write_bytes(
-            sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
 
 
@@ -205,8 +218,7 @@ class LocalCluster:
         (self.folder / "logs").mkdir(exist_ok=True)
         if not self.pki.ca_cert.exists():
             self.pki.create()
-        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"):
-            self.ports.setdefault(name, free_port())
+        self._choose_ports()
         self._write_kubeconfig()
         try:
             self._start_etcd(programs["etcd"])
@@ -217,6 +229,15 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _choose_ports(self) -> None:
+        """The ports of the last start when they are still free (clients keep their address), else new ones."""
+        saved = self.folder / "ports.json"
+        previous = json.loads(saved.read_text()) if saved.exists() else {}
+        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"):
+            if name not in self.ports:
+                self.ports[name] = previous[name] if _is_free(previous.get(name)) else free_port()
+        saved.write_text(json.dumps(self.ports))
 
     def _launch(self, name: str, args: list[str]) -> Component:
         log = self.folder / "logs" / f"{name}.log"
@@ -425,11 +446,15 @@ class LocalCluster:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": self.context, "cluster": {"server": self.server, "certificate-authority": str(pki.ca_cert)}}],
+            "clusters": [
+                {"name": self.context, "cluster": {"server": self.server, "certificate-authority": str(pki.ca_cert)}}
+            ],
             "users": [
                 {"name": user, "user": {"client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key)}}
             ],
-            "contexts": [{"name": self.context, "context": {"cluster": self.context, "user": user, "namespace": "default"}}],
+            "contexts": [
+                {"name": self.context, "context": {"cluster": self.context, "user": user, "namespace": "default"}}
+            ],
             "current-context": self.context,
         }
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -445,3 +470,39 @@ def running_cluster(folder: Path, **options: object) -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def main() -> None:
+    """`python -m hubploy_dagster.local_cluster FOLDER`: start the cluster, serve until SIGTERM or Ctrl-C.
+
+    FOLDER keeps etcd's data, so releases survive a restart. `FOLDER/ready` exists while it serves.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    folder = parser.parse_args().folder.resolve()
+    ready = folder / "ready"
+    ready.unlink(missing_ok=True)
+    stop = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with running_cluster(folder) as cluster:
+        ready.write_text(cluster.server)
+        print(f"local cluster serving at {cluster.server}; KUBECONFIG={cluster.kubeconfig}", flush=True)
+        while not stop:
+            dead = [c.name for c in cluster.components.values() if c.process.poll() is not None]
+            if dead:
+                ready.unlink(missing_ok=True)
+                raise SystemExit(f"{', '.join(dead)} stopped; logs in {folder / 'logs'}")
+            time.sleep(1)
+        ready.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

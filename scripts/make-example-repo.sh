@@ -3,6 +3,8 @@
 # project's hubs/ and chart/ folders: they are copied into a temporary work tree as hubs/ and
 # chart/, committed, and pushed to the branches `staging` and `prod`.
 # Idempotent: when the content equals what `staging` holds, nothing is committed or pushed.
+#   EXAMPLE_WITHOUT_HUB_API=1  turn each hub's hub_api check off in the copy (make run on the local
+#                              cluster: its kwok node runs no JupyterHub, so no hub API can answer)
 set -euo pipefail
 LOG_TAG=example-repo
 # shellcheck source=scripts/lib.sh
@@ -52,6 +54,12 @@ else
     cp -a "$ROOT/hubs" "$ROOT/chart" "$work/"
 fi
 
+if [[ "${EXAMPLE_WITHOUT_HUB_API:-0}" == 1 ]]; then
+    for config in "$work"/hubs/*/hubploy.yaml; do
+        grep -q '^health:' "$config" && die "$config has a health block: cannot turn its hub_api check off"
+        printf '\n# make run on the local cluster: its node runs no JupyterHub, so no hub API can answer.\nhealth:\n  hub_api: {enabled: false}\n' >>"$config"
+    done
+fi
 git -C "$work" add -A
 if git -C "$work" rev-parse -q --verify HEAD >/dev/null && git -C "$work" diff --cached --quiet; then
     log "content unchanged since $(git -C "$work" rev-parse --short HEAD) on staging"

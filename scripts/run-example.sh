@@ -8,6 +8,7 @@ LOG_TAG=run
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
+KUBECONFIG_BEFORE="${KUBECONFIG:-}"
 export DAGSTER_HOME="$LOCAL_DIR/dagster-home"
 export HUBPLOY_REPO="$LOCAL_DIR/example-repo.git"
 # The example's secrets are encrypted to the demo-only key; its images build from the locally made
@@ -17,8 +18,21 @@ export HUBPLOY_BUILD_ARGS="${HUBPLOY_BUILD_ARGS-BASE_IMAGE=hubploy-dagster/base:
 port="${DAGSTER_PORT:-3000}"
 
 [[ -f workspace.yaml ]] || die "$ROOT/workspace.yaml is missing: dagster dev loads the code locations from it"
-[[ -d "$HUBPLOY_REPO" ]] || die "$HUBPLOY_REPO is missing: run scripts/make-example-repo.sh first"
 command -v dagster >/dev/null || die "dagster not found on PATH: run scripts/setup.sh (it fills .venv)"
+
+# The cluster: your kubeconfig's current context when it answers, else the local cluster.
+if kubectl version --request-timeout=5s >/dev/null 2>&1; then
+    log "deploying to your kubeconfig's cluster (context $(kubectl config current-context))"
+    "$ROOT/scripts/make-example-repo.sh"
+else
+    KUBECONFIG="$("$ROOT/scripts/start-local-cluster.sh")"
+    export KUBECONFIG
+    unset HELM_KUBECONTEXT
+    log "no usable kubeconfig (KUBECONFIG=${KUBECONFIG_BEFORE:-~/.kube/config}): deploying to the local cluster,"
+    log "  a real Kubernetes API server whose kwok node runs no containers (KUBECONFIG=$KUBECONFIG)."
+    log "  To deploy to a real cluster: point KUBECONFIG at it, then scripts/start-local-cluster.sh stop; make run"
+    EXAMPLE_WITHOUT_HUB_API=1 "$ROOT/scripts/make-example-repo.sh"
+fi
 
 "$ROOT/scripts/start-registry.sh"
 

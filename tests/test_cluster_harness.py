@@ -146,9 +146,7 @@ def test_helm_install_upgrade_history(k8s_cluster: KubernetesCluster, k8s_namesp
     status = json.loads(helm(k8s_cluster, "status", "tiny", "-n", k8s_namespace, "-o", "json").stdout)
     assert (status["info"]["status"], status["version"]) == ("deployed", 1)
 
-    helm_upgrade(
-        k8s_cluster, "tiny", tiny_chart, k8s_namespace, "--timeout", "30s", "--set", "message=changed"
-    )
+    helm_upgrade(k8s_cluster, "tiny", tiny_chart, k8s_namespace, "--timeout", "30s", "--set", "message=changed")
     assert [(r["revision"], r["status"]) for r in history(k8s_cluster, "tiny", k8s_namespace)] == [
         (1, "superseded"),
         (2, "deployed"),
@@ -227,7 +225,6 @@ def datahub_values(tmp_path: Path) -> Iterator[list[str]]:
 def test_jupyterhub_chart_installs_and_atomic_upgrade_rolls_back(
     k8s_cluster: KubernetesCluster,
     k8s_namespace: str,
-   
     umbrella_chart: Path,
     datahub_values: list[str],
 ) -> None:
@@ -237,9 +234,7 @@ def test_jupyterhub_chart_installs_and_atomic_upgrade_rolls_back(
     release = "datahub-staging"
     image = ["--set-string", "jupyterhub.singleuser.image.name=localhost:5000/hubploy-dagster/datahub-user-image"]
     image += ["--set-string", "jupyterhub.singleuser.image.tag=0123abc"]
-    helm_upgrade(
-        k8s_cluster, release, umbrella_chart, k8s_namespace, *datahub_values, *image, "--timeout", "60s"
-    )
+    helm_upgrade(k8s_cluster, release, umbrella_chart, k8s_namespace, *datahub_values, *image, "--timeout", "60s")
     status = json.loads(helm(k8s_cluster, "status", release, "-n", k8s_namespace, "-o", "json").stdout)
     assert (status["info"]["status"], status["version"]) == ("deployed", 1)
     for workload in ("deploy/hub", "deploy/proxy", "daemonset/continuous-image-puller"):
@@ -316,9 +311,7 @@ def test_crashloop_pod_is_visible_with_its_reason(k8s_cluster: KubernetesCluster
         apps.patch_namespaced_deployment("web", k8s_namespace, {"metadata": {"labels": {"touched": "yes"}}})
         assert not apps.read_namespaced_deployment("web", k8s_namespace).status.available_replicas
         # A new template (a fix) rolls out, and the crashing pods go away.
-        fix = {
-            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example.org/web:2"}]}}}
-        }
+        fix = {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example.org/web:2"}]}}}}
         apps.patch_namespaced_deployment("web", k8s_namespace, fix)
         assert k8s_cluster.wait_rolled_out(k8s_namespace, "web").status.available_replicas == 1
         pods = wait_for(lambda: only_new_pods(core.list_namespaced_pod(k8s_namespace, label_selector="app=web").items))

@@ -2,7 +2,7 @@
 
 Real git repositories (a bare remote pushed to, as operators do) and the real sensor evaluated tick after
 tick with its cursor (tests/services/ticker.py). The cases needing the Docker engine, a registry, the
-emulated cluster or the daemon are in tests/test_faults_runtime.py; docs/guarantees.md links each case.
+cluster or the daemon are in tests/test_faults_runtime.py; docs/guarantees.md links each case.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`hubploy history`: the deploy audit read back from a real Dagster instance (a temporary DAGSTER_HOME).
 
-The deploys are real: helm and the jupyterhub chart against the kmock-emulated cluster (tests/services/lab.py),
+The deploys are real: helm and the jupyterhub chart on the local control plane (tests/services/lab.py),
 recorded by Dagster in a SQLite instance that `hubploy history` opens the way an operator's shell would.
 Sensor runs carry the tags the git sensor's run request and the daemon give them.
 """

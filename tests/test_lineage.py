@@ -1,7 +1,7 @@
 """Lineage in a release's metadata: the commit on its forge, the image, the run, and for prod the staging pass.
 
-The forge table is pure logic; the deploys are real (helm and the jupyterhub chart against the kmock-emulated
-cluster, tests/services/lab.py).
+The forge table is pure logic; the deploys are real (helm and the jupyterhub chart on the local control
+plane, tests/services/lab.py).
 """
 
 from __future__ import annotations

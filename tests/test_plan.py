@@ -1,7 +1,7 @@
 """`hubploy plan` and the plan job: live releases against what a commit renders, secrets masked.
 
-Real helm, the real jupyterhub chart, a real registry and sops; the Kubernetes API server is the kmock
-emulator (tests/services/cluster.py), helm's release storage a real PostgreSQL.
+Real helm, the real jupyterhub chart, a real registry and sops, on the local control plane
+(tests/services/cluster.py).
 """
 
 from __future__ import annotations
@@ -51,12 +51,10 @@ def two_deployed_hubs(lab: Lab) -> tuple[Lab, str]:
     quiet_tag = ImageTagIndex(repo).tags(sha, ["hubs/quiet/image"])["hubs/quiet/image"]
     push_image(lab.registry, lab.image.split("/", 1)[1], quiet_tag)
     deployment = load_deployment(repo.snapshot(sha))
-    for name, namespace in (("lab", lab.namespace), ("quiet", quiet_namespace)):
+    for name in ("lab", "quiet"):
         hub = deployment.hub(name)
         for _ in range(2):
-            deploy_hub(
-                repo, deployment, hub, "staging", Sops(age_key_file=str(lab.age_key)), DeployOptions(), print
-            )
+            deploy_hub(repo, deployment, hub, "staging", Sops(age_key_file=str(lab.age_key)), DeployOptions(), print)
     return lab, sha
 
 

@@ -31,6 +31,7 @@ from dagster._config import process_config, resolve_to_config_type
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
 from dagster_k8s import K8sRunLauncher
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+from kubernetes import client
 from services.cluster import free_port, tool
 from services.lab import Lab
 from services.postgres import PostgresServer
@@ -424,3 +425,92 @@ def test_rbac_manifests_render_and_the_api_server_accepts_them(k8s_cluster):
     assert get("-n", "dagster", "serviceaccount", "hubploy-deployer")["metadata"]["name"] == "hubploy-deployer"
     kubeconfig = yaml.safe_load(get("-n", "dagster", "configmap", "hubploy-kubeconfig")["data"]["config"])
     assert kubeconfig["users"][0]["user"]["tokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+CHART_ENVIRONMENT = {
+    "DAGSTER_HOME": "/opt/dagster/dagster_home",
+    "DAGSTER_K8S_INSTANCE_CONFIG_MAP": "dagster-instance",
+    "DAGSTER_K8S_PG_PASSWORD_SECRET": "dagster-postgresql-secret",
+    "DAGSTER_K8S_PIPELINE_RUN_ENV_CONFIGMAP": "dagster-pipeline-env",
+}
+
+
+def chart_container_context(deployment: dict[str, Any], service_account: str) -> dict[str, Any]:
+    """What Dagster's chart hands a user deployment's runs with `includeConfigInLaunchedRuns` (the
+    DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT of its code server, as helm/dagster/charts/dagster-user-deployments
+    templates/deployment-user.yaml writes it for the keys we set)."""
+    return {
+        "k8s": {
+            "image_pull_policy": deployment["image"]["pullPolicy"],
+            "env_secrets": [s["name"] for s in deployment.get("envSecrets", [])],
+            "env": deployment.get("env", []),
+            "volume_mounts": deployment.get("volumeMounts", []),
+            "volumes": deployment.get("volumes", []),
+            "service_account_name": service_account,
+        }
+    }
+
+
+@pytest.mark.integration
+def test_kubernetes_run_launcher_creates_the_run_job_on_the_api_server(
+    lab: Lab, dagster_split, k8s_cluster, tmp_path: Path
+):
+    """A real daemon with deploy/kubernetes/values.yaml's K8sRunLauncher launches the sensor's run as a Job.
+
+    The daemon runs outside the cluster here, so the launcher reads the test cluster's kubeconfig instead of
+    the in-cluster configuration; everything else is what the chart renders. kwok's node runs no container:
+    the Job and its pod are asserted, not the run's result.
+    """
+    values = load_yaml(DEPLOY / "kubernetes" / "values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
+    namespace = "dagster"
+    with k8s_cluster.api_client() as api, contextlib.suppress(client.ApiException):
+        client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    launcher = chart_run_launcher_config(values, namespace) | {
+        "load_incluster_config": False,
+        "kubeconfig_file": str(k8s_cluster.kubeconfig),
+    }
+    repository = tmp_path / "deployment.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(lab.builder.path), str(repository)], check=True)
+    env = {
+        **CHART_ENVIRONMENT,
+        "HUBPLOY_REPO": str(repository),
+        "HUBPLOY_SENSOR_INTERVAL": "2",
+        "SOPS_AGE_KEY_FILE": str(lab.age_key),
+        "DAGSTER_CURRENT_IMAGE": image,  # what the chart sets on the code server
+        "DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT": json.dumps(
+            chart_container_context(deployment, values["global"]["serviceAccountName"])
+        ),
+    }
+    instance = {"run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": launcher}}
+    split = dagster_split.start(env, instance)
+
+    def run_job() -> Any:
+        with k8s_cluster.api_client() as api:
+            jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector="dagster/job").items
+        return next((j for j in jobs if j.metadata.labels.get("dagster/job") == "deploy_staging"), None)
+
+    job = split.webserver.wait_for("the sensor's run to be launched as a Job", run_job, RUN_TIMEOUT_S)
+    [run] = split.webserver.runs({"hub": "lab", "env": "staging"})
+    assert job.metadata.labels["dagster/run-id"] == run["runId"]
+    pod = job.spec.template.spec
+    [container] = pod.containers
+    assert container.image == image and container.image_pull_policy == "IfNotPresent"
+    assert pod.service_account_name == "hubploy-deployer"
+    assert {"dagster-pipeline-env", "hubploy-env"} <= {
+        (e.config_map_ref or e.secret_ref).name for e in container.env_from
+    }
+    assert {e.secret_ref.name for e in container.env_from if e.secret_ref} == {"hubploy-env"}
+    env_vars = {e.name: e.value for e in container.env if e.value is not None}
+    assert env_vars["KUBECONFIG"] == "/etc/hubploy/kube/config"
+    assert env_vars["SOPS_AGE_KEY_FILE"] == "/etc/hubploy/age/keys.txt"
+    postgres_password = next(e for e in container.env if e.name == "DAGSTER_PG_PASSWORD")
+    assert postgres_password.value_from.secret_key_ref.name == "dagster-postgresql-secret"
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    assert mounts["kubeconfig"] == "/etc/hubploy/kube" and mounts["age-key"] == "/etc/hubploy/age"
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes["kubeconfig"].config_map.name == "hubploy-kubeconfig"
+    assert volumes["age-key"].secret.secret_name == "hubploy-age-key"
+    assert volumes["age-key"].secret.default_mode == 0o400
+    assert container.args[:3] == ["dagster", "api", "execute_run"] and run["runId"] in container.args[3]

@@ -253,7 +253,9 @@ def test_a_release_left_pending_by_a_killed_helm_is_recovered_by_the_next_deploy
     killer.join()
     assert killed.is_set() and not interrupted.success
     assert lab.history()[-1]["status"] == "pending-upgrade"
-    lab.builder.commit("a hub pod that works", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    extraEnv: {X: '1'}\n"})
+    lab.builder.commit(
+        "a hub pod that works", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  hub:\n    extraEnv: {X: '1'}\n"}
+    )
     recovered = lab.materialize()
     assert recovered.success, recovered.error()
     assert (

@@ -74,6 +74,12 @@ class KubernetesCluster(LocalCluster):
         with self.api_client() as api:
             return [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items]
 
+    def nodes_names(self) -> list[str]:
+        from kubernetes import client
+
+        with self.api_client() as api:
+            return [node.metadata.name for node in client.CoreV1Api(api).list_node().items]
+
     @property
     def helm_home(self) -> Path:
         return self.folder / "helm"
@@ -150,7 +156,12 @@ class KubernetesCluster(LocalCluster):
                 status = {
                     "conditions": [
                         {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now},
-                        {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now},
+                        {
+                            "type": "ContainersReady",
+                            "status": "False",
+                            "reason": "ContainersNotReady",
+                            "lastTransitionTime": now,
+                        },
                     ],
                     "containerStatuses": [
                         {

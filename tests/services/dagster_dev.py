@@ -47,7 +47,7 @@ REPOSITORY = "__repository__"
 START_TIMEOUT_S = 120.0
 # `dagster dev` maps SIGTERM to its SIGINT handler; a shell starting background jobs (`cmd &` in a script, CI
 # runners) hands them SIGINT *ignored*, and then dagster dev ignores both Ctrl-C and SIGTERM. Reset both to the
-# default before exec'ing it (not preexec_fn: the test process has threads, e.g. the Kubernetes emulator).
+# default before exec'ing it (not preexec_fn: the test process has threads, e.g. fixtures' helpers).
 EXEC_WITH_DEFAULT_SIGNALS = (
     "import os, signal, sys; "
     "signal.signal(signal.SIGINT, signal.default_int_handler); signal.signal(signal.SIGTERM, signal.SIG_DFL); "

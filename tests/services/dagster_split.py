@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -92,10 +93,11 @@ class SplitDagster:
                 process.wait(timeout=10)
 
 
-def start_split(env: dict[str, str], workdir: Path) -> SplitDagster:
+def start_split(env: dict[str, str], workdir: Path, instance: dict[str, Any] | None = None) -> SplitDagster:
+    """The three processes on the project's dagster.yaml, with the top-level keys of `instance` replaced."""
     home = workdir / "dagster-home"
     home.mkdir(parents=True)
-    settings = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    settings = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text()) | (instance or {})
     settings.setdefault("nux", {"enabled": False})
     (home / "dagster.yaml").write_text(yaml.safe_dump(settings))
     code_port, web_port = free_port(), free_port()
@@ -160,9 +162,9 @@ class SplitLauncher:
         self.workdir = workdir
         self.started: list[SplitDagster] = []
 
-    def start(self, env: dict[str, str]) -> SplitDagster:
+    def start(self, env: dict[str, str], instance: dict[str, Any] | None = None) -> SplitDagster:
         workdir = Path(tempfile.mkdtemp(prefix=f"split{len(self.started)}-", dir=self.workdir))
-        split = start_split({**os.environ, **env}, workdir)
+        split = start_split({**os.environ, **env}, workdir, instance)
         self.started.append(split)
         return split
 
