@@ -5,22 +5,21 @@ ceil(hubs / limit) deploys' time, not hubs x one deploy. The shipped dagster.yam
 `concurrency.runs.max_concurrent_runs` runs at once (and one run per hub, by the `hub` tag limit); this script
 measures what that gives end to end, sensor included, for limits 1, 4 and 8.
 
-What runs (everything real but the Kubernetes API server, as in tests/test_end_to_end.py): a bare deployment
-repository (`staging` only, so only staging deploys) with `--hubs` hubs on a tiny chart; a real `dagster dev`
-(webserver and daemon, tests/services/dagster_dev.py) whose git sensor polls it every `--sensor-interval` seconds;
-run workers building images with the Docker engine and pushing them to Debian's `docker-registry`; helm on
-PostgreSQL storage against the kmock emulator (tests/services/cluster.py, every hub namespace auto-ready so the
-hub's Deployment rolls out as soon as helm writes it).
+What runs (everything real, as in tests/test_end_to_end.py): a bare deployment repository (`staging` only, so
+only staging deploys) with `--hubs` hubs on a tiny chart; a real `dagster dev` (webserver and daemon,
+tests/services/dagster_dev.py) whose git sensor polls it every `--sensor-interval` seconds; run workers building
+images with the Docker engine and pushing them to Debian's `docker-registry`; helm on the local control plane
+(tests/services/cluster.py: real etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with a kwok
+node whose pods become Running and Ready at once).
 
-How a deploy is given a set time, deterministically: the chart has a `post-install,post-upgrade` hook Pod.
-helm waits, after the release's resources are ready, until each hook Pod has succeeded (it watches the Pod). kmock
-runs no pods and never changes a bare Pod's status (its reconcile handles controllers only), so the Pod stays
-`Pending` until this script's controller thread, polling the emulator every 0.1 s, patches its status to
-`Succeeded` through the API, `--deploy-seconds` after it first saw it (and again every second for a minute: the
-emulator's watches do not replay events, so a helm that started watching just after the change still sees one). No container, sleep or scheduler is
-involved: the wait is the benchmark's own clock, the same for every deploy whatever the load on the machine, and
-everything else in a deploy (run worker start, image step, helm template and upgrade, checks) is the product's
-real cost. During the warm-up (the first start deploys every hub from the initial commit) the delay is 0.
+How a deploy is given a set time, deterministically: the chart has a `post-install,post-upgrade` hook Job.
+helm waits, after the release's resources are ready, until the hook Job has completed. Its pod runs nothing on
+the kwok node; kwok marks it Succeeded the pod's annotation `pod-complete.stage.kwok.x-k8s.io/delay` after it
+became Ready (hubploy_dagster/local_cluster_stages.yaml), and the real Job controller then completes the Job.
+The hub values of each measured push set that delay to `--deploy-seconds`: no container, sleep or polling of the
+benchmark's own is involved, and everything else in a deploy (run worker start, image step, helm template and
+upgrade, checks) is the product's real cost. During the warm-up (the first start deploys every hub from the
+initial commit) the delay is 0.
 
 For each limit, largest first (`dagster dev` restarted with a DAGSTER_HOME dagster.yaml that is the shipped one with only
 `max_concurrent_runs` changed; the instance's storage, hence the sensor's cursor and the deployed releases, is
@@ -47,12 +46,10 @@ import contextlib
 import json
 import math
 import shutil
-import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -70,78 +67,26 @@ from replay import (
 from synthetic_repo import DEFAULT_WORKDIR
 
 HOOK_TEMPLATE = """\
-apiVersion: v1
-kind: Pod
+apiVersion: batch/v1
+kind: Job
 metadata:
   name: {{ .Release.Name }}-slow-hook
   annotations:
     "helm.sh/hook": post-install,post-upgrade
     "helm.sh/hook-delete-policy": before-hook-creation
 spec:
-  restartPolicy: Never
-  containers:
-    - name: wait
-      image: "{{ .Values.jupyterhub.singleuser.image.name }}:{{ .Values.jupyterhub.singleuser.image.tag }}"
+  backoffLimit: 0
+  template:
+    metadata:
+      annotations:
+        pod-complete.stage.kwok.x-k8s.io/delay: {{ .Values.config.hookDelay | default "0s" | quote }}
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: wait
+          image: "{{ .Values.jupyterhub.singleuser.image.name }}:{{ .Values.jupyterhub.singleuser.image.tag }}"
 """
-HOOK_ANNOTATION = "helm.sh/hook"
 WAIT_S = 1800.0
-
-
-class SlowHooks:
-    """The controller thread: a helm hook Pod succeeds `delay` seconds after it first appears in the emulator.
-
-    The emulator's watches do not replay history: a status change made between helm's list and its watch would
-    be missed, so a Pod marked Succeeded is patched again every second for a minute (a new `message` each time),
-    and any watcher sees it succeed. Errors (a Pod deleted in between) are ignored: the thread never dies.
-    """
-
-    def __init__(self, cluster: Any, delay: float = 0.0, poll: float = 0.1):
-        self.cluster = cluster
-        self.delay = delay
-        self.poll = poll
-        self.seen: dict[str, float] = {}  # pod uid -> when first seen
-        self.marked: dict[str, float] = {}  # pod uid -> when last patched Succeeded
-        self.waited: list[float] = []  # seen -> first marked, for each hook Pod
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slow-hooks", daemon=True)
-
-    def __enter__(self) -> SlowHooks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        from kubernetes import client
-
-        with self.cluster.api_client() as api:
-            core = client.CoreV1Api(api)
-            while not self._stop.wait(self.poll):
-                with contextlib.suppress(Exception):
-                    self._step(core)
-
-    def _step(self, core: Any) -> None:
-        now = time.monotonic()
-        for pod in self.cluster.objects("v1/pods"):
-            meta = pod["metadata"]
-            if HOOK_ANNOTATION not in (meta.get("annotations") or {}):
-                continue
-            uid = meta["uid"]
-            first = self.seen.setdefault(uid, now)
-            last = self.marked.get(uid)
-            if now - first < self.delay or (last is not None and (now - last < 1 or now - first > 60 + self.delay)):
-                continue
-            status = {**SUCCEEDED, "message": f"marked by the benchmark at {now:.1f}"}
-            with contextlib.suppress(Exception):
-                core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
-                if last is None:
-                    self.waited.append(now - first)
-                self.marked[uid] = now
-
-
-SUCCEEDED = {"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]}
 
 
 # --- the deployment repository -------------------------------------------------------------------------------
@@ -155,6 +100,7 @@ class Origin:
     work: Path
     hubs: list[str]
     revision: int = 0
+    hook_seconds: float = 0.0  # how long the hook Job of each changed hub takes (kwok's pod-complete delay)
 
     @classmethod
     def create(cls, workdir: Path, hubs: int, image_prefix: str) -> Origin:
@@ -181,9 +127,10 @@ class Origin:
         return git(self.work, "rev-parse", "HEAD")
 
     def change(self, hubs: list[str]) -> dict[str, str]:
-        """New common values for each of `hubs`."""
+        """New common values for each of `hubs`, with their hook's length."""
         self.revision += 1
-        return {f"hubs/{hub}/config/common.yaml": f"config:\n  fanout: {self.revision}\n" for hub in hubs}
+        values = f"config:\n  fanout: {self.revision}\n  hookDelay: {self.hook_seconds}s\n"
+        return {f"hubs/{hub}/config/common.yaml": values for hub in hubs}
 
 
 # --- dagster dev with a run limit ----------------------------------------------------------------------------
@@ -244,7 +191,6 @@ class Deploys:
     runs: list[dict[str, Any]]
     release_starts: list[float]
     tick: float | None
-    hooks_waited: list[float] = field(default_factory=list)
 
     @property
     def wall(self) -> float:
@@ -264,13 +210,11 @@ class Deploys:
             "push_to_tick_s": round(self.tick - self.pushed, 2) if self.tick else None,
             "tick_to_first_run_start_s": round(first_start - self.tick, 2) if self.tick else None,
             "first_run_start_to_release_step_s": round(min(self.release_starts) - first_start, 2),
-            "hook_wait_s_median": round(statistics.median(self.hooks_waited), 2) if self.hooks_waited else None,
         }
 
 
-def deploy_and_wait(dev: Any, origin: Origin, hubs: list[str], hooks: SlowHooks, what: str) -> Deploys:
+def deploy_and_wait(dev: Any, origin: Origin, hubs: list[str], what: str) -> Deploys:
     """Push a change to `hubs`, wait until each has a finished run at that commit; every run must succeed."""
-    waited_before = len(hooks.waited)
     sha = origin.push(f"{what}: {len(hubs)} hub(s)", origin.change(hubs))
     pushed = time.time()
     progress(f"  pushed {sha[:7]} ({what}, {len(hubs)} hubs); waiting for the runs")
@@ -291,14 +235,13 @@ def deploy_and_wait(dev: Any, origin: Origin, hubs: list[str], hooks: SlowHooks,
         runs,
         [release_step_start(dev, r["runId"]) for r in runs],
         min(float(t["timestamp"]) for t in ticks) if ticks else None,
-        hooks.waited[waited_before:],
     )
 
 
-def measure_limit(dev: Any, origin: Origin, hooks: SlowHooks, limit: int, interval: int) -> dict[str, Any]:
-    alone = deploy_and_wait(dev, origin, origin.hubs[:1], hooks, f"limit {limit}, one deploy alone")
+def measure_limit(dev: Any, origin: Origin, limit: int, interval: int) -> dict[str, Any]:
+    alone = deploy_and_wait(dev, origin, origin.hubs[:1], f"limit {limit}, one deploy alone")
     one = alone.runs[0]["endTime"] - alone.runs[0]["startTime"]
-    fanout = deploy_and_wait(dev, origin, origin.hubs, hooks, f"limit {limit}, fan-out")
+    fanout = deploy_and_wait(dev, origin, origin.hubs, f"limit {limit}, fan-out")
     expected = math.ceil(len(origin.hubs) / limit) * one
     return {
         "limit": limit,
@@ -335,9 +278,8 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
     }
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="fanout-", dir=args.workdir))
-    hubs = [f"hub-{i:02d}" for i in range(args.hubs)]
     try:
-        with deploy_services(workdir, [f"{hub}-staging" for hub in hubs]) as services:
+        with deploy_services(workdir) as services:
             prefix = f"{services.registry.host}/fanout"
             origin = Origin.create(workdir, args.hubs, prefix)
             env = {
@@ -348,19 +290,17 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
                 "XDG_CACHE_HOME": str(workdir / "cache"),
             }
             try:
-                with SlowHooks(services.cluster) as hooks:
-                    # Largest limit first: the warm-up (every hub deployed from the initial commit) goes fastest.
-                    for number, limit in enumerate(sorted(args.limits, reverse=True)):
-                        progress(f"limit {limit}: starting dagster dev")
-                        with dagster_dev_with_limit(env, workdir, limit) as dev:
-                            if number == 0:
-                                progress(f"  warm-up: the first start deploys all {args.hubs} hubs (hook delay 0)")
-                                dev.wait_for("the warm-up deploys", lambda: warm(dev, args.hubs), WAIT_S)
-                            hooks.delay = args.deploy_seconds
-                            result = measure_limit(dev, origin, hooks, limit, args.sensor_interval)
-                            hooks.delay = 0
-                        progress(f"  {json.dumps(result)}")
-                        report["limits"].append(result)
+                # Largest limit first: the warm-up (every hub deployed from the initial commit) goes fastest.
+                for number, limit in enumerate(sorted(args.limits, reverse=True)):
+                    progress(f"limit {limit}: starting dagster dev")
+                    with dagster_dev_with_limit(env, workdir, limit) as dev:
+                        if number == 0:
+                            progress(f"  warm-up: the first start deploys all {args.hubs} hubs (hook delay 0)")
+                            dev.wait_for("the warm-up deploys", lambda: warm(dev, args.hubs), WAIT_S)
+                        origin.hook_seconds = args.deploy_seconds
+                        result = measure_limit(dev, origin, limit, args.sensor_interval)
+                    progress(f"  {json.dumps(result)}")
+                    report["limits"].append(result)
             finally:
                 from services.registry import remove_local_images
 
@@ -407,7 +347,7 @@ def render(report: dict[str, Any]) -> tuple[str, bool]:
             f"limit {row['limit']}: fan-out runs {f['run_seconds'][0]}-{f['run_seconds'][-1]} s each (one alone "
             f"{row['one_deploy_s']} s); push->tick {f['push_to_tick_s']} s, tick->first run start "
             f"{f['tick_to_first_run_start_s']} s, run start->release step {f['first_run_start_to_release_step_s']} s;"
-            f" hook waits median {f['hook_wait_s_median']} s; alone: push->helm {row['alone']['latency_s']} s"
+            f" alone: push->helm {row['alone']['latency_s']} s"
         )
     return "\n".join(lines), ok
 

@@ -31,9 +31,10 @@ are skipped, as the daemon does) is executed with the implicit asset job's `exec
 request's asset selection and tags (`hub`, `env`, `git_sha`, `branch`), so its asset checks run too. The sensor is
 ticked again until both branches' cursors reach their heads: prod is requested only once staging's checks passed.
 
-Services (reused from tests/services, started here on free loopback ports): Debian's `docker-registry`, the kmock
-Kubernetes emulator (every hub namespace auto-ready: workloads roll out as soon as helm writes them) and helm with
-its release storage on a throwaway PostgreSQL; images are built by the real Docker engine.
+Services (reused from tests/services, started here on free loopback ports): Debian's `docker-registry` and the
+local control plane (real etcd, kube-apiserver, kube-controller-manager and kube-scheduler; a kwok node makes pods
+Running and Ready at once, so workloads roll out as soon as the controllers create them); images are built by
+the real Docker engine.
 
 Counted from the services: builds = tags in the registry (each build pushes one new tag; cross-checked against the
 image materializations with `built: true`), helm upgrades = the latest revision number in `helm history` of every release
@@ -195,9 +196,6 @@ class History:
         self.present: list[str] = []
         self.revision = 0
         self.counts: dict[str, int] = {kind: 0 for kind in [*CHANGE_WEIGHTS, "feature", "new_hub", "prod_merge"]}
-
-    def namespaces(self) -> list[str]:
-        return [f"{hub}-{env}" for hub in self.hubs for env in BRANCHES]
 
     def _files_of(self, hub: str) -> dict[str, str]:
         return hub_files(hub, self.image_prefix, watch=hub in self.watchers)
@@ -380,27 +378,23 @@ def needed_work(repo: Path, pushes: list[Push]) -> Needed:
 class Services:
     registry: Any
     cluster: Any
-    env: dict[str, str]  # helm and kubectl against the cluster, helm's releases in PostgreSQL
+    env: dict[str, str]  # helm and kubectl against the cluster
 
 
 @contextlib.contextmanager
-def deploy_services(workdir: Path, namespaces: list[str]) -> Iterator[Services]:
-    """PostgreSQL, the emulated cluster (`namespaces` auto-ready) and a registry, as the test suite starts them."""
+def deploy_services(workdir: Path) -> Iterator[Services]:
+    """The local control plane and a registry, as the test suite starts them."""
     from services.cluster import KubernetesCluster
-    from services.postgres import running_postgres
     from services.registry import RegistryService
 
-    with running_postgres() as postgres, contextlib.ExitStack() as stack:
-        (workdir / "k8s").mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
         cluster = KubernetesCluster(workdir / "k8s")
-        stack.callback(cluster.shutdown)
-        cluster.boot()
+        stack.callback(cluster.remove)
+        cluster.start()
         registry = RegistryService(workdir / "registry", "bench-registry")
         stack.callback(registry.close)
         registry.start()
-        for namespace in namespaces:
-            stack.enter_context(cluster.auto_ready(namespace))
-        yield Services(registry, cluster, cluster.helm_env(postgres.create_database()))
+        yield Services(registry, cluster, cluster.helm_env())
 
 
 def registry_tags(url: str) -> dict[str, list[str]]:
@@ -543,8 +537,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="replay-", dir=args.workdir))
     try:
-        namespaces = History(args.hubs, args.commits, args.seed, "").namespaces()
-        with deploy_services(workdir, namespaces) as services:
+        with deploy_services(workdir) as services:
             prefix = f"{services.registry.host}/replay"
             history = History(args.hubs, args.commits, args.seed, prefix)
             repo = workdir / "deployment.git"

@@ -486,14 +486,16 @@ def test_kubernetes_run_launcher_creates_the_run_job_on_the_api_server(
     instance = {"run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": launcher}}
     split = dagster_split.start(env, instance)
 
-    def run_job() -> Any:
-        with k8s_cluster.api_client() as api:
-            jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector="dagster/job").items
-        return next((j for j in jobs if j.metadata.labels.get("dagster/job") == "deploy_staging"), None)
+    def sensor_run() -> dict[str, Any] | None:
+        return next(iter(split.webserver.runs({"hub": "lab", "env": "staging"})), None)
 
-    job = split.webserver.wait_for("the sensor's run to be launched as a Job", run_job, RUN_TIMEOUT_S)
-    [run] = split.webserver.runs({"hub": "lab", "env": "staging"})
-    assert job.metadata.labels["dagster/run-id"] == run["runId"]
+    def run_job(run_id: str) -> Any:
+        with k8s_cluster.api_client() as api:
+            jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=f"dagster/run-id={run_id}")
+        return next(iter(jobs.items), None)
+
+    run = split.webserver.wait_for("the sensor's run", sensor_run, RUN_TIMEOUT_S)
+    job = split.webserver.wait_for("its Job on the API server", lambda: run_job(run["runId"]), RUN_TIMEOUT_S)
     pod = job.spec.template.spec
     [container] = pod.containers
     assert container.image == image and container.image_pull_policy == "IfNotPresent"

@@ -1,0 +1,53 @@
+"""The deploy benchmarks at a smoke size: a product change that breaks one fails here, not months later.
+
+Each runs as an operator runs it (`python benchmarks/NAME.py ... --json`), on the real services, and its own
+invariants are asserted; the figures themselves are for benchmarks/README.md, not for a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def run_benchmark(name: str, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run benchmarks/<name>.py with --json; returns the JSON report printed after its table."""
+    env = {**os.environ, "PATH": f"{PROJECT_ROOT / '.tools/bin'}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / f"{name}.py"), *args, "--workdir", str(tmp_path), "--json"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, (
+        f"{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return json.loads(result.stdout[result.stdout.index("\n{") :])
+
+
+def test_replay_does_exactly_the_builds_and_upgrades_the_history_needed(tmp_path: Path):
+    report = run_benchmark("replay", tmp_path, "--hubs", "2", "--commits", "12")
+    done, needed = report["done"], report["needed"]
+    assert done["builds"] == needed["image_states"] > 0, report
+    assert done["helm_upgrades_by_env"] == needed["changes"] and sum(needed["changes"].values()) > 0, report
+
+
+def test_fanout_deploys_every_hub_of_a_push_within_the_run_limit(tmp_path: Path):
+    report = run_benchmark(
+        "fanout", tmp_path, "--hubs", "2", "--deploy-seconds", "2", "--limits", "1", "--sensor-interval", "3"
+    )
+    [row] = report["limits"]
+    assert row["fanout"]["runs"] == 2 and row["alone"]["runs"] == 1
+    assert row["max_concurrent_runs_seen"] == 1, "the run limit holds"
+    assert row["one_deploy_s"] >= 2, "a deploy waits for its hook Job (kwok's pod-complete delay)"
