@@ -40,6 +40,7 @@ STAGES = Path(__file__).with_name("local_cluster_stages.yaml")
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/16"
 START_TIMEOUT_S = 120.0
+BUILT_BY = "the local cluster (`scripts/setup.sh control-plane` builds its programs into .tools/bin)"
 LOG_LINES = 30
 # The programs, in start order: (component, executable). The build script puts them on PATH (.tools/bin).
 COMPONENTS = (
@@ -213,7 +214,7 @@ class LocalCluster:
 
     def start(self) -> None:
         """Start every component in order and create the nodes; on any failure stop what started."""
-        programs = {component: find_tool(program, "the local cluster") for component, program in COMPONENTS}
+        programs = {component: find_tool(program, BUILT_BY) for component, program in COMPONENTS}
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "logs").mkdir(exist_ok=True)
         if not self.pki.ca_cert.exists():
@@ -288,7 +289,7 @@ class LocalCluster:
 
     def start_apiserver(self, program: str | None = None) -> None:
         """(Re)start kube-apiserver on the cluster's port, with the data etcd keeps."""
-        program = program or find_tool("kube-apiserver", "the local cluster")
+        program = program or find_tool("kube-apiserver", BUILT_BY)
         pki = self.pki
         apiserver = self._launch(
             "kube-apiserver",

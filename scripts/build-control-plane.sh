@@ -31,14 +31,14 @@ if [[ -x "$BIN/kwok" && -x "$BIN/kube-apiserver" ]]; then
     exit 0
 fi
 
-# Go's official tarball installs to /usr/local/go, which a non-login shell may not have on PATH.
-command -v go >/dev/null || [[ ! -x /usr/local/go/bin/go ]] || export PATH="$PATH:/usr/local/go/bin"
-command -v go >/dev/null \
-    || die "no Go toolchain on PATH: the control plane is built from Go modules. Install Go 1.24 or newer (the official tarball, or a distribution's package of that version) and put its bin on PATH"
-go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-((${go_minor:-0} >= 24)) || die "Go $(go env GOVERSION) is too old: Kubernetes $KUBERNETES_VERSION needs Go 1.24 or newer"
-go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null 2>&1 \
-    || die "the Go module proxy ($(go env GOPROXY)) does not answer for k8s.io/kubernetes@$KUBERNETES_VERSION: the build needs it (set GOPROXY to a proxy you can reach)"
+# GO: the go command (default: go on PATH, else /usr/local/go/bin/go, where Go's official tarball installs).
+GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+[[ -x "$GO" ]] \
+    || die "no Go toolchain ($GO not found): the control plane is built from Go modules. Install Go 1.24 or newer (the official tarball, or a distribution's package of that version), put its bin on PATH or set GO to its go command"
+go_minor="$("$GO" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+((${go_minor:-0} >= 24)) || die "Go $("$GO" env GOVERSION) is too old: Kubernetes $KUBERNETES_VERSION needs Go 1.24 or newer"
+"$GO" mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null 2>&1 \
+    || die "the Go module proxy (GOPROXY=$("$GO" env GOPROXY)) did not serve k8s.io/kubernetes@$KUBERNETES_VERSION: the build downloads its modules from it; set GOPROXY to a proxy you can reach"
 
 work="$CACHE/$key.building.$$"
 rm -rf "$work"
@@ -57,7 +57,7 @@ build() { # MODULE-DIR LDFLAGS PACKAGE...
     local dir="$1" ldflags="$2"
     shift 2
     log "building $* (go build in scripts/control-plane/$dir)"
-    (cd "$MODULES/$dir" && go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$work/bin/" "$@") \
+    (cd "$MODULES/$dir" && "$GO" build -mod=readonly -trimpath -ldflags "$ldflags" -o "$work/bin/" "$@") \
         || die "go build of $* failed (see above)"
 }
 

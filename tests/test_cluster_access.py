@@ -13,7 +13,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -23,8 +22,6 @@ from services.cluster import KubernetesCluster, free_port, tool
 from services.lab import Lab
 
 from hubploy_dagster.cli import main
-from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
-from jobs.deploy import rollback
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +53,9 @@ def test_the_control_plane_is_the_pinned_build(k8s_cluster: KubernetesCluster):
     server = json.loads(kubectl(k8s_cluster.kubeconfig, "version", "-o", "json").stdout)["serverVersion"]
     assert (server["gitVersion"], server["major"], server["minor"]) == (wanted, "1", wanted.split(".")[1])
     nodes = json.loads(kubectl(k8s_cluster.kubeconfig, "get", "nodes", "-o", "json").stdout)["items"]
-    assert [n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes] == [f"kwok-{VERSIONS['KWOK_VERSION'].removeprefix('v')}"]
+    assert [n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes] == [
+        f"kwok-{VERSIONS['KWOK_VERSION'].removeprefix('v')}"
+    ]
 
 
 def deployer_kubeconfig(cluster: KubernetesCluster, folder: Path) -> Path:
@@ -145,27 +144,10 @@ def test_every_cluster_action_uses_the_hubs_context_not_the_current_one(lab: Lab
     monkeypatch.delenv("HELM_KUBECONTEXT")
     lab.push_current_image()
 
-    first = lab.materialize(checks=True)
-    assert first.materialized() == ["lab/staging"], first.error() if not first.success else ""
+    first, rolled = lab.upgrade_then_roll_back(checks=True)
     checks = first.checks()
     for name in ("release_deployed", "workloads_ready"):
         assert checks[name].passed, (name, checks[name].description)
-    lab.builder.commit(
-        "bigger", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 3G}\n"}
-    )
-    assert lab.materialize().success
-
-    defs = dg.Definitions(
-        jobs=[rollback],
-        resources={
-            "deployment_repo": DeploymentRepoResource(source=str(lab.builder.path)),
-            "sops": SopsResource(age_key_file=str(lab.age_key)),
-        },
-    )
-    rolled = defs.resolve_job_def("rollback").execute_in_process(
-        run_config={"ops": {"rollback_hub": {"config": {"hub": "lab", "env": "staging", "revision": 1}}}},
-        instance=lab.instance,
-    )
     assert rolled.success
     monkeypatch.setenv("KUBECONFIG", str(lab.cluster.kubeconfig))  # only to read the result here
     assert [h["revision"] for h in lab.history()] == [1, 2, 3] and lab.history()[-1]["description"] == "Rollback to 1"

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import socket
 
-import dagster as dg
 import pytest
 from services.lab import CRASHING_HUB, Lab
-
-from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
-from jobs.deploy import rollback
 
 pytestmark = pytest.mark.integration
 
@@ -118,22 +114,7 @@ def test_promotion_gate_refuses_an_untested_configuration_and_allows_a_tested_on
 def test_rollback_job_returns_a_release_to_a_chosen_revision(lab: Lab):
     """The operator's rollback job: helm rollback with the hub's credentials, recorded on the release asset."""
     lab.push_current_image()
-    assert lab.materialize().success
-    lab.builder.commit(
-        "bigger", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 3G}\n"}
-    )
-    assert lab.materialize().success
-    defs = dg.Definitions(
-        jobs=[rollback],
-        resources={
-            "deployment_repo": DeploymentRepoResource(source=str(lab.builder.path)),
-            "sops": SopsResource(age_key_file=str(lab.age_key)),
-        },
-    )
-    result = defs.resolve_job_def("rollback").execute_in_process(
-        run_config={"ops": {"rollback_hub": {"config": {"hub": "lab", "env": "staging", "revision": 1}}}},
-        instance=lab.instance,
-    )
+    _, result = lab.upgrade_then_roll_back()
     assert result.success
     history = lab.history()
     assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["description"] == "Rollback to 1"

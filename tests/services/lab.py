@@ -21,6 +21,7 @@ from hubploy_dagster.helm import Helm
 from hubploy_dagster.keys import release_key
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.tags import ImageTagIndex
+from jobs.deploy import rollback
 from services.cluster import CRASHING_TAG
 from services.registry import push_image
 
@@ -153,6 +154,27 @@ class Lab:
             raise_on_error=False,
         )
         return Run(result, self.instance)
+
+    def upgrade_then_roll_back(self, checks: bool = False) -> tuple[Run, dg.ExecuteInProcessResult]:
+        """Deploy staging (with its checks if asked), deploy a change (revision 2), then run the operator's
+        rollback job to revision 1; returns the first deploy and the rollback job's result."""
+        first = self.materialize(checks=checks)
+        assert first.materialized() == ["lab/staging"], first.error() if not first.success else ""
+        self.builder.commit(
+            "bigger", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    memory: {limit: 3G}\n"}
+        )
+        assert self.materialize().success
+        defs = dg.Definitions(
+            jobs=[rollback],
+            resources={
+                "deployment_repo": DeploymentRepoResource(source=str(self.builder.path)),
+                "sops": SopsResource(age_key_file=str(self.age_key)),
+            },
+        )
+        return first, defs.resolve_job_def("rollback").execute_in_process(
+            run_config={"ops": {"rollback_hub": {"config": {"hub": "lab", "env": "staging", "revision": 1}}}},
+            instance=self.instance,
+        )
 
     def history(self, env: str = "staging") -> list[dict]:
         namespace = self.namespace if env == "staging" else f"{self.namespace}-prod"
