@@ -40,7 +40,10 @@ def test_setup_without_the_module_proxy_names_it(tmp_path: Path):
 
 def test_a_missing_program_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(MissingToolError, match=r"needs the `etcd` command.*scripts/setup.sh control-plane"):
+    with pytest.raises(
+        MissingToolError,
+        match=r"scripts/setup.sh control-plane. builds its programs into .tools/bin\) needs the `etcd` command",
+    ):
         LocalCluster(tmp_path / "cluster").start()
 
 
