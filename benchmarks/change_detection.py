@@ -57,7 +57,9 @@ from synthetic_repo import DEFAULT_WORKDIR, SyntheticRepo, SyntheticRepoSpec, en
 from hubploy_dagster.changes import ChangeSet, change_set
 from hubploy_dagster.deployment import _parse_config, load_deployment
 from hubploy_dagster.repo import DeploymentRepo
-from hubploy_dagster.tags import COMMIT_GRAPH_AFTER, INDEX_MAX_COMMITS, ImageTagIndex, hubploy_last_commit
+from hubploy_dagster.tags import COMMIT_GRAPH_AFTER, INDEX_MAX_COMMITS, ImageTagIndex
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/services: hubploy's reference method
 
 TARGET_RATIO = 50.0  # ours must be at least this many times faster than the per-hub method
 TARGET_CHANGE_SET_SECONDS = 1.0
@@ -122,6 +124,8 @@ def drain(path: Path, *args: str) -> tuple[float, int]:
 
 def per_hub(repo: DeploymentRepo, head: str, folders: list[str]) -> Result:
     """hubploy's method: one `git log -n 1 --pretty=format:%H <rev> -- <dir>` process per image folder."""
+    from services.hubploy_reference import hubploy_last_commit
+
     return {folder: hubploy_last_commit(repo, head, folder) for folder in folders}
 
 

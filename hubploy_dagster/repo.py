@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
@@ -27,7 +26,6 @@ from git.objects import Blob, Commit, Submodule, Tree
 
 from hubploy_dagster.errors import GitError
 
-FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 GITLINK_MODE = "160000"
 NO_ENTRY_MODE = "000000"
 

@@ -47,12 +47,6 @@ def tag_from_sha(sha: str) -> str:
     return sha
 
 
-def hubploy_last_commit(repo: DeploymentRepo, rev: str, path: str) -> str | None:
-    """hubploy's own method, one `git log` per folder: the reference the fast walk must equal."""
-    sha = repo.git_repo.git.log("-n", "1", "--pretty=format:%H", rev, "--", path)
-    return sha or None
-
-
 @dataclass
 class _Record:
     """One commit of the walk, with its diff against each parent it differs from (names parsed lazily)."""

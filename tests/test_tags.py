@@ -8,9 +8,10 @@ import re
 
 import pytest
 from conftest import CHART_FILES, RepoBuilder, hub_files
+from services.hubploy_reference import hubploy_last_commit
 
 from hubploy_dagster.deployment import load_deployment
-from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags, hubploy_last_commit, tag_from_sha
+from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags, tag_from_sha
 
 
 @pytest.mark.parametrize(

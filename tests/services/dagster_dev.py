@@ -12,7 +12,7 @@ Load with `-p services.dagster_dev` or `pytest_plugins = [..., "services.dagster
   everything it started is stopped when the test ends.
 - `chromium`: headless Chromium (Debian `chromium`, installed by `scripts/setup.sh chromium`):
   `capture(url, png_path) -> dom` (one page load: screenshot and DOM), `screenshot(url, path)`, `dump_dom(url)`.
-  `png_summary(path)` decodes a PNG with zlib alone (no Pillow here) and counts colours and non-background pixels.
+  `png_summary(path)` reads a screenshot with Pillow and counts colours and non-background pixels.
 """
 
 from __future__ import annotations
@@ -23,13 +23,10 @@ import os
 import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+
+from hubploy_dagster.local_cluster import free_port
 
 T = TypeVar("T")
 
@@ -159,12 +158,6 @@ query Ticks($selector: SensorSelector!, $limit: Int, $statuses: [InstigationTick
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # dagster dev colours its log
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def metadata_values(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -687,72 +680,19 @@ class PngSummary:
 
 
 def png_summary(path: Path, step: int = 2) -> PngSummary:
-    """Decode an 8-bit RGB/RGBA PNG (what Chromium writes) with zlib alone and summarise its pixels."""
-    data = path.read_bytes()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise AssertionError(f"{path} is not a PNG")
-    offset, idat, header = 8, bytearray(), None
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
-        offset += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"IEND":
-            break
-    assert header is not None, f"{path} has no IHDR"
-    width, height, depth, colour_type, _, _, interlace = header
-    if depth != 8 or colour_type not in (2, 6) or interlace:
-        raise AssertionError(f"unsupported PNG (depth {depth}, colour type {colour_type}, interlace {interlace})")
-    bpp = 3 if colour_type == 2 else 4
-    raw = zlib.decompress(bytes(idat))
-    stride = width * bpp
-    previous = bytearray(stride)
+    """Summarise a screenshot's pixels (Pillow): size, colours, the background and how much differs from it."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    width, height = rgb.size
+    pixels = [rgb.getpixel((x, y)) for y in range(0, height, step) for x in range(0, width, step)]
     counts: dict[tuple[int, int, int], int] = {}
-    rows: list[bytes] = []
-    position = 0
-    for _y in range(height):
-        kind = raw[position]
-        line = bytearray(raw[position + 1 : position + 1 + stride])
-        position += 1 + stride
-        _unfilter(kind, line, previous, bpp)
-        rows.append(bytes(line))
-        previous = line
-    pixels: list[tuple[int, int, int]] = []
-    for y in range(0, height, step):
-        row = rows[y]
-        for x in range(0, width, step):
-            i = x * bpp
-            pixel = (row[i], row[i + 1], row[i + 2])
-            pixels.append(pixel)
-            counts[pixel] = counts.get(pixel, 0) + 1
+    for pixel in pixels:
+        counts[pixel] = counts.get(pixel, 0) + 1
     background = max(counts, key=counts.__getitem__)
     different = sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, background, strict=True)) > 48)
     return PngSummary(width, height, len(counts), background, different / max(1, len(pixels)))
-
-
-def _unfilter(kind: int, line: bytearray, previous: bytearray, bpp: int) -> None:
-    if kind == 0:
-        return
-    for i in range(len(line)):
-        left = line[i - bpp] if i >= bpp else 0
-        up = previous[i]
-        if kind == 1:
-            line[i] = (line[i] + left) & 0xFF
-        elif kind == 2:
-            line[i] = (line[i] + up) & 0xFF
-        elif kind == 3:
-            line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
-        elif kind == 4:
-            corner = previous[i - bpp] if i >= bpp else 0
-            estimate = left + up - corner
-            pa, pb, pc = abs(estimate - left), abs(estimate - up), abs(estimate - corner)
-            predictor = left if pa <= pb and pa <= pc else up if pb <= pc else corner
-            line[i] = (line[i] + predictor) & 0xFF
-        else:
-            raise AssertionError(f"bad PNG filter type {kind}")
 
 
 __all__ = [
@@ -762,7 +702,6 @@ __all__ = [
     "PngSummary",
     "chromium",
     "dagster_dev",
-    "free_port",
     "metadata_values",
     "png_summary",
     "start_dagster_dev",

@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from hubploy_dagster.local_cluster import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROXY_BINARY = "configurable-http-proxy"
@@ -49,13 +50,6 @@ STOP_TIMEOUT_S = 15.0
 MARKER_VARIABLE = "HUBPLOY_TEST_JUPYTERHUB"
 # The admin service's role: what the health check uses (users, their servers, and requests to the servers).
 SERVICE_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:users", "read:servers"]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the service binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_proxy() -> str:

@@ -21,7 +21,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,18 +30,13 @@ from pathlib import Path
 
 import pytest
 
+from hubploy_dagster.local_cluster import free_port
+
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 SUPERUSER = "postgres"
 FALLBACK_SYSTEM_USER = "hubploy-pg"
 PROGRAMS = ("initdb", "postgres", "pg_isready")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_postgres_bin() -> Path:

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -36,6 +35,8 @@ import docker.errors
 import httpx
 import pytest
 
+from hubploy_dagster.local_cluster import free_port
+
 REGISTRY_BINARY = "docker-registry"
 BASE_IMAGE = "hubploy-dagster/base:busybox"
 START_TIMEOUT_S = 20.0
@@ -43,13 +44,6 @@ TOKEN_SERVICE = "hubploy-test-registry"
 TOKEN_ISSUER = "hubploy-test-token-issuer"
 
 Auth = Literal["none", "htpasswd", "token"]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the service binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _b64url(data: bytes) -> str:
