@@ -108,6 +108,10 @@ def _leaf_strings(data: Any) -> Iterator[str]:
         yield str(data)
 
 
+def _is_kubeconfig(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("kind") == "Config" and "clusters" in data
+
+
 @dataclass
 class Masker:
     """Replaces every known secret value in text; the longest values first so none leaks partly."""
@@ -122,7 +126,12 @@ class Masker:
                 self.values.add(base64.b64encode(value.encode()).decode())
 
     def add_file_values(self, content: bytes) -> None:
-        self.add(_leaf_strings(_parse(content)))
+        """Every value of a secrets file; of a kubeconfig only its users' credentials, so that errors still
+        name the server, the cluster and the context an operator has to look at."""
+        data = _parse(content)
+        if _is_kubeconfig(data):
+            data = [entry.get("user") for entry in data.get("users") or [] if isinstance(entry, dict)]
+        self.add(_leaf_strings(data))
 
     def __call__(self, text: str) -> str:
         for value in sorted(self.values, key=len, reverse=True):

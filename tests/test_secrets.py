@@ -110,3 +110,38 @@ def test_missing_sops_binary_is_named(tmp_path: Path):
 )
 def test_sops_detection_is_hubploys_rule(content: bytes, expected: bool):
     assert is_sops_encrypted(content) is expected
+
+
+def test_a_kubeconfig_masks_its_credentials_not_its_server_or_names():
+    """helm's "Kubernetes cluster unreachable: Get "https://…/version"" must stay readable; tokens and keys not."""
+    token, key = "token-canary-0123456789", base64.b64encode(b"-----BEGIN PRIVATE KEY----- canary").decode()
+    kubeconfig = f"""
+apiVersion: v1
+kind: Config
+clusters:
+- name: campus-cluster
+  cluster: {{server: "https://k8s.campus.example.org:6443", certificate-authority-data: Y2EtY2VydA==}}
+users:
+- name: deployer
+  user: {{token: {token}, client-key-data: {key}}}
+contexts:
+- name: hub-context
+  context: {{cluster: campus-cluster, user: deployer}}
+current-context: hub-context
+"""
+    masker = Masker()
+    masker.add_file_values(kubeconfig.encode())
+    error = (
+        'Kubernetes cluster unreachable: Get "https://k8s.campus.example.org:6443/version": dial tcp: connection '
+        f"refused (context hub-context of campus-cluster, as {token}, key {key})"
+    )
+    masked = masker(error)
+    assert "https://k8s.campus.example.org:6443/version" in masked and "unreachable" in masked
+    assert "hub-context" in masked and "campus-cluster" in masked
+    assert token not in masked and key not in masked and masked.count(MASK) == 2
+
+
+def test_a_values_file_masks_every_value():
+    masker = Masker()
+    masker.add_file_values(b"jupyterhub:\n  proxy:\n    secretToken: abcdef123\n  hub: {cookieSecret: fedcba987}\n")
+    assert masker("abcdef123 and fedcba987") == f"{MASK} and {MASK}"
