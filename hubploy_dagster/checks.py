@@ -19,7 +19,6 @@ from hubploy_dagster.config import CheckSettings
 from hubploy_dagster.deployment import Deployment, Hub, load_deployment
 from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user
 from hubploy_dagster.health_cluster import check_release, check_workloads
-from hubploy_dagster.helm import Helm
 from hubploy_dagster.keys import group_name, release_key
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.rollback import helm_rollback
@@ -183,10 +182,10 @@ def run_checks(
     url = hub.url(env) or ""
     outcomes: dict[str, CheckOutcome] = {}
     with cluster_login(hub, deployment.snapshot, namespace, sops, masker) as login:
-        helm = Helm(env=login.env, masker=masker, log=context.log.info)
+        helm = login.helm(masker, context.log.info)
         runners: dict[str, Callable[[], CheckOutcome]] = {
             "release_deployed": lambda: retried(
-                lambda: check_release(helm, login, release, namespace, recorded.get("helm_revision")),
+                lambda: check_release(helm, release, namespace, recorded.get("helm_revision")),
                 checks["release_deployed"],
             ),
             "workloads_ready": lambda: retried(

@@ -20,6 +20,7 @@ from pathlib import Path
 from hubploy_dagster.config import RegistryConfig
 from hubploy_dagster.deployment import Hub
 from hubploy_dagster.errors import ConfigError, HubployError
+from hubploy_dagster.helm import Helm
 from hubploy_dagster.registry import IDENTITY_TOKEN_USERNAME, ImageName, credentials_from_docker_config
 from hubploy_dagster.repo import Snapshot
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir
@@ -152,6 +153,10 @@ class ClusterLogin:
     @property
     def kubeconfig(self) -> str | None:
         return self.env.get("KUBECONFIG")
+
+    def helm(self, masker: Masker, log: Callable[[str], None]) -> Helm:
+        """helm with these credentials, every command in this login's context."""
+        return Helm(env=self.env, masker=masker, log=log, kube_context=self.kube_context)
 
 
 @contextmanager

@@ -19,11 +19,9 @@ RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 BAD_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
 
 
-def check_release(
-    helm: Helm, login: ClusterLogin, release: str, namespace: str, expected_revision: int | None
-) -> CheckOutcome:
-    """helm says the release is deployed, at the revision this run installed (asked in the hub's context)."""
-    status = helm.status(release, namespace, login.kube_context)
+def check_release(helm: Helm, release: str, namespace: str, expected_revision: int | None) -> CheckOutcome:
+    """helm says the release is deployed, at the revision this run installed (`helm` is bound to the hub's context)."""
+    status = helm.status(release, namespace)
     if status is None:
         return CheckOutcome(False, f"release {release} does not exist in namespace {namespace}", {})
     state = status.get("info", {}).get("status", "unknown")

@@ -108,14 +108,21 @@ class UpgradeRequest:
 
 @dataclass(frozen=True)
 class Helm:
-    """Runs helm with a given environment (KUBECONFIG, HELM_DRIVER...), masking secrets in what it prints."""
+    """Runs helm with a given environment (KUBECONFIG, HELM_DRIVER...), masking secrets in what it prints.
+
+    With `kube_context`, every command talks to that context of the kubeconfig (`--kube-context`, unless the
+    arguments already place it, as `UpgradeRequest` does in hubploy's order), never to the current one.
+    """
 
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     masker: Masker = field(default_factory=Masker)
     log: Callable[[str], None] = lambda line: None
+    kube_context: str | None = None
 
     def run(self, args: list[str], purpose: str, quiet: bool = False) -> str:
         binary = find_tool("helm", purpose)
+        if self.kube_context and "--kube-context" not in args:
+            args = [*args, "--kube-context", self.kube_context]
         result = subprocess.run([binary, *args], env=dict(self.env), capture_output=True, text=True, check=False)
         if not quiet:
             for line in self.masker(result.stdout).splitlines():
@@ -125,11 +132,9 @@ class Helm:
             raise HelmError(f"{purpose} failed: {detail}")
         return result.stdout
 
-    def status(self, release: str, namespace: str, kube_context: str | None = None) -> dict[str, Any] | None:
+    def status(self, release: str, namespace: str) -> dict[str, Any] | None:
         """`helm status -o json`, or None when there is no such release."""
         args = ["status", release, "--namespace", namespace, "-o", "json"]
-        if kube_context:
-            args += ["--kube-context", kube_context]
         try:
             return json.loads(self.run(args, f"helm status {release}", quiet=True))
         except HelmError as exc:
@@ -137,22 +142,19 @@ class Helm:
                 return None
             raise
 
-    def history(self, release: str, namespace: str, kube_context: str | None = None) -> list[dict[str, Any]]:
+    def history(self, release: str, namespace: str) -> list[dict[str, Any]]:
         """Revisions, oldest first: revision, status, chart (`name-version`), app_version, description."""
         args = ["history", release, "--namespace", namespace, "-o", "json"]
-        if kube_context:
-            args += ["--kube-context", kube_context]
         return json.loads(self.run(args, f"helm history {release}", quiet=True))
 
-    def live_manifests(self, release: str, namespace: str, kube_context: str | None = None) -> str | None:
+    def live_manifests(self, release: str, namespace: str) -> str | None:
         """What the deployed revision applied: `helm get manifest` plus its hooks (`helm template` renders both).
 
         None when there is no such release. The text carries secret values: callers mask it.
         """
-        context = ["--kube-context", kube_context] if kube_context else []
         try:
             return "\n---\n".join(
-                self.run(["get", part, release, "--namespace", namespace, *context], f"helm get {part}", quiet=True)
+                self.run(["get", part, release, "--namespace", namespace], f"helm get {part}", quiet=True)
                 for part in ("manifest", "hooks")
             )
         except HelmError as exc:

@@ -195,7 +195,7 @@ class _HubPlanner:
             self.repo, self.deployment, hub, env, self.sops, DeployOptions(), self.log, self.masker, images
         ) as prepared:
             request, helm = prepared.request, prepared.helm
-            live = helm.live_manifests(request.release, request.namespace, request.kube_context)
+            live = helm.live_manifests(request.release, request.namespace)
             args = [*request.template_args(), "--dry-run=server", *(["--is-upgrade"] if live is not None else [])]
             rendered = helm.run(args, f"helm template of {hub.name} ({env}) at {sha[:7]}", quiet=True)
         before, after = split_resources(live or "", self.key), split_resources(rendered, self.key)

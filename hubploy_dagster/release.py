@@ -184,7 +184,7 @@ def prepared_release(
             dry_run=options.dry_run,
             extra_args=settings.extra_args,
         )
-        helm = Helm(env=login.env, masker=masker, log=log)
+        helm = login.helm(masker, log)
         dependencies = prepare_dependencies(chart, helm)
         yield PreparedRelease(request, helm, login, chart_path, dependencies, images)
 
@@ -232,13 +232,13 @@ def deploy_hub(
         if not options.dry_run:
             ensure_namespace(login, request.namespace)
         if not options.dry_run:
-            recover_interrupted_release(helm, request.release, request.namespace, login.kube_context, log)
+            recover_interrupted_release(helm, request.release, request.namespace, log)
         log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {deployment.sha[:7]}")
         try:
             helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
         except HelmError as exc:
             raise UpgradeFailedError(str(exc)) from None
-        latest = {} if options.dry_run else helm.history(request.release, request.namespace, login.kube_context)[-1]
+        latest = {} if options.dry_run else helm.history(request.release, request.namespace)[-1]
         digest = request.values_digest()
     return ReleaseResult(
         hub=hub.name,
@@ -257,26 +257,23 @@ def deploy_hub(
     )
 
 
-def recover_interrupted_release(
-    helm: Helm, release: str, namespace: str, kube_context: str | None, log: Callable[[str], None]
-) -> None:
+def recover_interrupted_release(helm: Helm, release: str, namespace: str, log: Callable[[str], None]) -> None:
     """Undo what a helm killed mid-operation left: a release `pending-*`, which every later upgrade refuses.
 
     Runs of one hub never overlap (dagster.yaml), so a pending release when a deploy starts is an interrupted
     one, not one in progress. As operators do by hand: roll back to the last revision that was deployed, or,
     when the interrupted operation was the first install, uninstall what it left.
     """
-    status = helm.status(release, namespace, kube_context)
+    status = helm.status(release, namespace)
     state = str((status or {}).get("info", {}).get("status", ""))
     if not state.startswith("pending-"):
         return
-    context = ["--kube-context", kube_context] if kube_context else []
-    history = helm.history(release, namespace, kube_context)
+    history = helm.history(release, namespace)
     good = [h for h in history[:-1] if h["status"] in ("deployed", "superseded")]
     if good:
         target = int(good[-1]["revision"])
         log(f"{release} was left {state} by an interrupted helm: rolling back to revision {target} first")
-        helm.run(["rollback", release, str(target), "--namespace", namespace, *context], f"helm rollback of {release}")
+        helm.run(["rollback", release, str(target), "--namespace", namespace], f"helm rollback of {release}")
     else:
         log(f"{release} was left {state} by an interrupted first install: uninstalling it first")
-        helm.run(["uninstall", release, "--namespace", namespace, "--wait", *context], f"helm uninstall of {release}")
+        helm.run(["uninstall", release, "--namespace", namespace, "--wait"], f"helm uninstall of {release}")

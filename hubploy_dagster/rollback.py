@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 from hubploy_dagster.cloud import cluster_login
 from hubploy_dagster.deployment import Hub, load_deployment
-from hubploy_dagster.helm import Helm
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, Sops
 
@@ -19,11 +18,9 @@ def helm_rollback(
     namespace, release = hub.namespace(env), hub.release_name(env)
     masker = Masker()
     with cluster_login(hub, deployment.snapshot, namespace, sops, masker) as login:
-        helm = Helm(env=login.env, masker=masker, log=log)
+        helm = login.helm(masker, log)
         args = ["rollback", release, str(revision), "--namespace", namespace, "--wait"]
-        if login.kube_context:
-            args += ["--kube-context", login.kube_context]
         if hub.config.helm.timeout:
             args += ["--timeout", hub.config.helm.timeout]
         helm.run(args, f"helm rollback of {release} to revision {revision}")
-        return int(helm.history(release, namespace, login.kube_context)[-1]["revision"])
+        return int(helm.history(release, namespace)[-1]["revision"])

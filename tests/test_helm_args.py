@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from hubploy_dagster.cli import main
-from hubploy_dagster.helm import ImageValue, UpgradeRequest
+from hubploy_dagster.helm import Helm, ImageValue, UpgradeRequest
 
 CHART = Path("/work/chart")
 BASE = ["upgrade", "--wait", "--install", "--namespace"]
@@ -123,3 +123,18 @@ def test_dry_run_and_debug_refused_in_ci_and_need_local_opt_in(flag: str, monkey
     monkeypatch.delenv("HUBPLOY_LOCAL_DEBUG", raising=False)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "HUBPLOY_LOCAL_DEBUG" in result.stderr
+
+
+def test_a_helm_bound_to_a_context_uses_it_for_every_command(tmp_path, monkeypatch):
+    """A hub's login hands out helm bound to its context: status, history, rollback, get... all carry it once."""
+    fake = tmp_path / "helm"
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("HUBPLOY_HELM", str(fake))
+    bound = Helm(kube_context="hub-ctx")
+    assert bound.run(["history", "r", "--namespace", "n"], "test").split() == [
+        "history", "r", "--namespace", "n", "--kube-context", "hub-ctx",
+    ]  # fmt: skip
+    placed = ["upgrade", "--install", "r", "chart", "--kube-context", "hub-ctx", "--timeout", "5m"]
+    assert bound.run(placed, "test").split() == placed, "hubploy's order kept, the context not repeated"
+    assert "--kube-context" not in Helm().run(["status", "r"], "test")
