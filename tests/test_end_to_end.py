@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, RepoBuilder
+from services.cluster import SLOW_START_ANNOTATION
 from services.dagster_dev import Chromium, DagsterDev, DagsterDevLauncher, png_summary
 from services.registry import remove_local_images
 
@@ -66,6 +67,13 @@ def write_hub(
     config["health"] = {"hub_api": {"enabled": False}}
     config["helm"] = {**config.get("helm", {}), "timeout": "3m"}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def slow_start(values: Path, delay: str) -> None:
+    """The hub pod of these values becomes ready `delay` after it is scheduled (tests/services/cluster.py)."""
+    config = yaml.safe_load(values.read_text())
+    config["jupyterhub"].setdefault("hub", {})["annotations"] = {SLOW_START_ANNOTATION: delay}
+    values.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def push(builder: RepoBuilder, origin: Path, *refspecs: str) -> None:
@@ -241,7 +249,9 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
         # (one run per hub at a time) and promotes what passed staging's checks.
         push(builder, origin, f"{sha1}:refs/heads/prod")
         # 4. Meanwhile two quick pushes to staging for research: their runs run one after the other, never together.
-        edit(builder, "hubs/research/config/staging.yaml", "# end-to-end test: first quick push")
+        # The first gives research a hub pod that takes 20 s to become ready (the kwok node's pod-ready delay), so
+        # its deploy is still going when the second push is requested.
+        slow_start(builder.path / "hubs/research/config/staging.yaml", "20s")
         sha2 = builder.commit("research: first quick change")
         push(builder, origin, "staging:refs/heads/staging")
         dev.wait_for(

@@ -29,6 +29,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = PROJECT_ROOT / ".tools" / "bin"
 # An image tag whose pods crash-loop on the cluster's kwok node (hubploy_dagster/local_cluster_stages.yaml).
 CRASHING_TAG = "crashloop"
+# A pod with this annotation becomes Ready that long (a Go duration, "20s") after it is scheduled.
+SLOW_START_ANNOTATION = "pod-ready.stage.kwok.x-k8s.io/delay"
 ROLLOUT_TIMEOUT_S = 60.0
 
 
@@ -204,4 +206,12 @@ def k8s_namespace(k8s_cluster: KubernetesCluster, request: pytest.FixtureRequest
     return k8s_cluster.create_namespace(name)
 
 
-__all__ = ["CRASHING_TAG", "KubernetesCluster", "free_port", "k8s_cluster", "k8s_namespace", "tool"]
+__all__ = [
+    "CRASHING_TAG",
+    "SLOW_START_ANNOTATION",
+    "KubernetesCluster",
+    "free_port",
+    "k8s_cluster",
+    "k8s_namespace",
+    "tool",
+]
