@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_ROOT
+from services.repos import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 

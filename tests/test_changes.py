@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import RepoBuilder, hub_files
+from services.repos import RepoBuilder, hub_files
 
 from hubploy_dagster.changes import change_set
 

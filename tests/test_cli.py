@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import RepoBuilder
+from services.repos import RepoBuilder
 
 from hubploy_dagster.cli import main
 from hubploy_dagster.tags import tag_from_sha

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, sops_encrypt
 from kubernetes import client
 from services.cluster import KubernetesCluster, free_port, tool
 from services.lab import Lab
+from services.repos import PROJECT_ROOT, sops_encrypt
 
 from hubploy_dagster.cli import main
 

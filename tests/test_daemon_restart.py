@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RepoBuilder
 from services.cluster import CRASHING_TAG
 from services.registry import remove_local_images
+from services.repos import RepoBuilder
 from test_end_to_end import DEMO_KEY, push, write_hubs
 
 from hubploy_dagster.helm import Helm

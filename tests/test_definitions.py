@@ -7,7 +7,7 @@ import sys
 
 import dagster as dg
 import pytest
-from conftest import RepoBuilder, hub_files
+from services.repos import RepoBuilder, hub_files
 
 from hubploy_dagster.definitions import build_definitions
 from hubploy_dagster.errors import ConfigError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CHART_FILES, RepoBuilder, hub_files
+from services.repos import CHART_FILES, RepoBuilder, hub_files
 
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError, UnknownHubError

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, RepoBuilder
 from services.cluster import SLOW_START_ANNOTATION
 from services.dagster_dev import Chromium, DagsterDev, DagsterDevLauncher, png_summary
 from services.registry import remove_local_images
+from services.repos import PROJECT_ROOT, RepoBuilder
 
 pytestmark = pytest.mark.integration
 

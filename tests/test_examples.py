@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, RepoBuilder
+from services.repos import PROJECT_ROOT, RepoBuilder
 
 from hubploy_dagster.cli import main
 from hubploy_dagster.definitions import build_definitions

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RepoBuilder, hub_files
+from services.repos import RepoBuilder, hub_files
 from services.ticker import Ticker, head
 
 

@@ -15,8 +15,8 @@ import docker
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import CHART_FILES, PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 from services.lab import Run
+from services.repos import CHART_FILES, PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 
 from hubploy_dagster.assets import image_asset, image_in_registry_check
 from hubploy_dagster.cli import main

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT
+from services.repos import PROJECT_ROOT
 
 from hubploy_dagster.local_cluster import LocalCluster, LocalClusterError
 from hubploy_dagster.tools import MissingToolError

@@ -13,9 +13,9 @@ import uuid
 import dagster as dg
 import pytest
 from click.testing import CliRunner
-from conftest import sops_encrypt
 from services.lab import CANARY, Lab
 from services.registry import push_image
+from services.repos import sops_encrypt
 
 from hubploy_dagster.cli import main
 from hubploy_dagster.deployment import load_deployment

@@ -26,7 +26,6 @@ import docker
 import docker.errors
 import pytest
 import yaml
-from conftest import PROJECT_ROOT
 from dagster._config import process_config, resolve_to_config_type
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
 from dagster_k8s import K8sRunLauncher
@@ -35,6 +34,7 @@ from kubernetes import client
 from services.cluster import free_port, tool
 from services.lab import Lab
 from services.postgres import PostgresServer
+from services.repos import PROJECT_ROOT
 
 from hubploy_dagster.keys import release_key
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import new_age_key, sops_encrypt
 from services.lab import CANARY, CRASHING_HUB, Lab
+from services.repos import new_age_key, sops_encrypt
 
 from hubploy_dagster.cli import main
 from hubploy_dagster.helm import Helm

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, RepoBuilder
+from services.repos import PROJECT_ROOT, RepoBuilder
 
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.helm import HelmError

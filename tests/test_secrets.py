@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, new_age_key, sops_encrypt
+from services.repos import PROJECT_ROOT, new_age_key, sops_encrypt
 
 from hubploy_dagster.secrets import MASK, Masker, SecretError, Sops, decrypted_files, is_sops_encrypted
 

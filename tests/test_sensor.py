@@ -7,7 +7,7 @@ import json
 import dagster as dg
 import httpx
 import pytest
-from conftest import RepoBuilder, hub_files
+from services.repos import RepoBuilder, hub_files
 from services.ticker import BRANCHES, Ticker, head
 
 from sensors.git_sensor import build_git_sensor

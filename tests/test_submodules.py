@@ -14,8 +14,8 @@ from pathlib import Path
 
 import git
 import pytest
-from conftest import CHART_FILES, RepoBuilder, hub_files, new_age_key, sops_encrypt
 from git.objects import Blob, Tree
+from services.repos import CHART_FILES, RepoBuilder, hub_files, new_age_key, sops_encrypt
 
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.deployment import load_deployment

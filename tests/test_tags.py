@@ -7,8 +7,8 @@ import random
 import re
 
 import pytest
-from conftest import CHART_FILES, RepoBuilder, hub_files
 from services.hubploy_reference import hubploy_last_commit
+from services.repos import CHART_FILES, RepoBuilder, hub_files
 
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags, tag_from_sha

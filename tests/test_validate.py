@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, RepoBuilder, hub_files, new_age_key, sops_encrypt
+from services.repos import PROJECT_ROOT, RepoBuilder, hub_files, new_age_key, sops_encrypt
 
 from hubploy_dagster.cli import main
 

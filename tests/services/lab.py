@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 
 from hubploy_dagster.assets import hub_assets
 from hubploy_dagster.deployment import Hub, load_deployment
@@ -24,6 +23,7 @@ from hubploy_dagster.tags import ImageTagIndex
 from jobs.deploy import rollback
 from services.cluster import CRASHING_TAG
 from services.registry import push_image
+from services.repos import PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 
 CANARY = f"canary-{uuid.uuid4().hex}"
 # Staging values whose hub pod crash-loops on the test cluster: an upgrade to them never becomes ready.

@@ -6,12 +6,12 @@ Shared by the sensor tests and the fault-injection suite.
 from __future__ import annotations
 
 import dagster as dg
-from conftest import RepoBuilder
 
 from hubploy_dagster.definitions import build_definitions
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.keys import release_key
 from sensors.git_sensor import build_git_sensor
+from services.repos import RepoBuilder
 
 BRANCHES = {"staging": "staging", "prod": "prod"}
 
