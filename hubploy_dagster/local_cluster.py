@@ -345,7 +345,7 @@ class LocalCluster:
             "kube-scheduler",
             [programs["kube-scheduler"], *common, *auth, f"--secure-port={self.ports['scheduler']}"],
         )
-        kwok = self._launch(
+        self._launch(
             "kwok",
             [
                 programs["kwok"],
@@ -364,7 +364,6 @@ class LocalCluster:
             lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200,
             "the default ServiceAccount",
         )
-        self._wait(kwok, lambda: True, "started")
 
     def _create_nodes(self) -> None:
         kwok = self.components["kwok"]
@@ -384,9 +383,7 @@ class LocalCluster:
                     },
                 },
             }
-            response = self._client().post("/api/v1/nodes", json=node)
-            if response.status_code not in (201, 409):
-                raise LocalClusterError(f"creating node {name} failed: {response.status_code} {response.text}")
+            self._create("/api/v1/nodes", node, f"node {name}")
             self._wait(kwok, lambda name=name: self._node_ready(name), f"node {name} Ready")
 
     def _create_default_storage_class(self) -> None:
@@ -398,10 +395,14 @@ class LocalCluster:
             "reclaimPolicy": "Delete",
             "volumeBindingMode": "Immediate",
         }
+        self._create("/apis/storage.k8s.io/v1/storageclasses", storage_class, "the default StorageClass")
+
+    def _create(self, path: str, body: dict[str, object], what: str) -> None:
+        """Create an object as the admin; one kept in etcd from an earlier start is fine."""
         with self._client() as client:
-            response = client.post("/apis/storage.k8s.io/v1/storageclasses", json=storage_class)
+            response = client.post(path, json=body)
         if response.status_code not in (201, 409):
-            raise LocalClusterError(f"creating the default StorageClass failed: {response.status_code} {response.text}")
+            raise LocalClusterError(f"creating {what} failed: {response.status_code} {response.text}")
 
     def _node_ready(self, name: str) -> bool:
         conditions = self._get(f"/api/v1/nodes/{name}").json().get("status", {}).get("conditions", [])
