@@ -11,12 +11,13 @@ from typing import Any
 import dagster as dg
 
 from hubploy_dagster.build import BuildPlan, build_hub_images
-from hubploy_dagster.checks import release_health_checks, roll_back, staging_pass
+from hubploy_dagster.checks import release_health_checks
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import ENVIRONMENTS, group_name, hub_pool, image_key, release_key, upstream_of
-from hubploy_dagster.lineage import promoted_from, release_metadata
+from hubploy_dagster.policy import promotion, roll_back
+from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, UpgradeFailedError, deploy_hub
 from hubploy_dagster.resources import (
@@ -123,8 +124,7 @@ def image_in_registry_check(hub: Hub) -> dg.AssetChecksDefinition:
 def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
     """`helm upgrade --install` of the hub in one environment at the run's commit.
 
-    Past the first environment, the promotion gate applies: the same hub configuration (compared by
-    content) must have passed its staging checks, unless the run carries an override tag, which is recorded.
+    Past the first environment, the promotion gate (`policy.promotion`) decides whether it deploys.
     """
     key = release_key(hub.name, env)
 
@@ -155,46 +155,30 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
             context.log.warning(
                 f"this automatic retry stands down: run {newer.run_id}, requested later, deploys {hub.name} to {env}"
             )
-            context.log_event(
-                dg.AssetObservation(asset_key=key, metadata={"superseded_by": newer.run_id, "git_sha": sha})
-            )
+            context.log_event(observation(hub.name, env, Superseded(newer.run_id, sha)))
             return
-        gate: dict[str, Any] = {}
-        passed = None if env == ENVIRONMENTS[0] else staging_pass(context.instance, hub.name, fingerprint)
-        if env != ENVIRONMENTS[0] and passed is None:
-            override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
-            reason = (
-                f"hub {hub.name} at {sha[:7]} (configuration {fingerprint[:12]}) never passed its "
-                f"{ENVIRONMENTS[0]} checks"
+        record = DeployRecord(context.instance)
+        override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
+        gate = promotion(record, hub.name, env, sha, fingerprint, override)
+        if gate.refused:
+            context.log.warning(
+                f"not promoting to {env}: {gate.refused.reason} (run tag {TAG_PROMOTION_OVERRIDE} overrides)"
             )
-            if not override:
-                context.log.warning(f"not promoting to {env}: {reason} (run tag {TAG_PROMOTION_OVERRIDE} overrides)")
-                context.log_event(
-                    dg.AssetObservation(
-                        asset_key=key,
-                        metadata={"promotion": "refused", "reason": reason, "git_sha": sha, "fingerprint": fingerprint},
-                    )
-                )
-                return
-            context.log.warning(f"promoting to {env} although {reason}: overridden by run tag ({override})")
-            gate = {"promotion_override": override}
+            context.log_event(observation(hub.name, env, gate.refused))
+            return
+        if gate.overridden:
+            context.log.warning(f"promoting to {env} although {gate.overridden}: overridden by run tag ({override})")
         try:
             result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
         except UpgradeFailedError:
             if current.config.rollback == "on-failure":
-                recorded: list[dg.AssetObservation] = []  # yielded, not logged: the step's failure would drop them
+                # yielded, not logged: the step's failure would drop a logged event
                 cause = {"failed_upgrade": f"helm upgrade of {current.release_name(env)}"}
-                roll_back(
-                    context.instance, context.log, recorded.append, deployment, current, env, None, cause, sops.sops()
+                yield observation(
+                    hub.name, env, roll_back(record, deployment, current, env, None, cause, sops.sops(), context.log)
                 )
-                yield from recorded
             raise
-        metadata = {
-            **release_metadata(result, repo, context.run.run_id),
-            "fingerprint": fingerprint,
-            **(promoted_from(context.instance, hub.name, passed) if passed else {}),
-            **gate,
-        }
+        metadata = release_record_metadata(result, repo, context.run.run_id, fingerprint, **gate.metadata)
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))
 
     return _release

@@ -1,10 +1,10 @@
-"""Health checks after each release, the record of healthy revisions, rollback, and the promotion gate.
+"""Health checks after each release, and what their outcome records: a healthy mark, or a rollback.
 
 A deploy is done when the hub works. After a release asset materializes, one check step runs every enabled
 check of the hub (`health` in hubploy.yaml): helm's record of the release, the workloads' rollout, the hub
 API, and a test user's server. Blocking checks that fail stop the run before prod; when every blocking
-check passes, the revision and the hub's configuration fingerprint are recorded as healthy, which is what
-rollback returns to and what the promotion gate asks of prod.
+check passes, the revision and the hub's configuration fingerprint are recorded as healthy (the deploy
+record), which is what rollback returns to and what the promotion gate asks of the next environment.
 """
 
 import time
@@ -20,12 +20,11 @@ from hubploy_dagster.deployment import Deployment, Hub, load_deployment
 from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user
 from hubploy_dagster.health_cluster import check_release, check_workloads
 from hubploy_dagster.keys import group_name, release_key
+from hubploy_dagster.policy import roll_back
+from hubploy_dagster.record import DeployRecord, Fact, Healthy, Release, observation
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
-from hubploy_dagster.rollback import helm_rollback
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files
 
-HEALTHY = "healthy_revision"
-ROLLBACK = "rollback"
 CHECK_NAMES = ("release_deployed", "workloads_ready", "hub_api", "test_user_server")
 
 
@@ -83,32 +82,6 @@ def _metadata(outcome: CheckOutcome) -> dict[str, Any]:
     }
 
 
-def last_healthy_revision(instance: dg.DagsterInstance, key: dg.AssetKey, before: int | None) -> int | None:
-    """The newest revision whose blocking checks all passed, older than `before`."""
-    for record in instance.fetch_observations(key, limit=100).records:
-        observation = record.asset_observation
-        revision = observation.metadata.get(HEALTHY) if observation else None
-        if revision is not None and (before is None or int(revision.value) < before):
-            return int(revision.value)
-    return None
-
-
-def staging_pass(instance: dg.DagsterInstance, hub_name: str, fingerprint: str) -> dg.EventLogRecord | None:
-    """The newest record of this exact hub configuration being healthy on staging (None: it never was)."""
-    for record in instance.fetch_observations(release_key(hub_name, "staging"), limit=200).records:
-        observation = record.asset_observation
-        if observation and HEALTHY in observation.metadata:
-            recorded = observation.metadata.get("fingerprint")
-            if recorded is not None and recorded.value == fingerprint:
-                return record
-    return None
-
-
-def passed_staging(instance: dg.DagsterInstance, hub_name: str, fingerprint: str) -> bool:
-    """Whether this exact hub configuration was healthy on staging (the promotion gate's question)."""
-    return staging_pass(instance, hub_name, fingerprint) is not None
-
-
 def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None:
     """One check step for the release: every enabled check, then the healthy record or a rollback."""
     checks = enabled_checks(hub, env)
@@ -126,8 +99,8 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
             for name in checks:
                 yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=False, description="never deployed")
             return
-        recorded = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-        deployment = load_deployment(deployment_repo.open().snapshot(str(recorded["git_sha"])))
+        recorded = Release.of({k: v.value for k, v in event.asset_materialization.metadata.items()})
+        deployment = load_deployment(deployment_repo.open().snapshot(recorded.git_sha))
         current = deployment.hub(hub.name)
         masker = Masker()
         outcomes = run_checks(context, deployment, current, env, recorded, checks, sops.sops(), masker)
@@ -140,30 +113,15 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
                 metadata=_metadata(outcome),
             )
         failed = [name for name, outcome in outcomes.items() if not outcome.passed and checks[name].blocking]
-        revision = recorded.get("helm_revision")
         if not failed:
-            context.op_execution_context.log_event(
-                dg.AssetObservation(
-                    asset_key=key,
-                    metadata={
-                        HEALTHY: revision,
-                        "fingerprint": recorded["fingerprint"],
-                        "git_sha": recorded["git_sha"],
-                    },
-                )
-            )
+            fact: Fact = Healthy(recorded.helm_revision, recorded.fingerprint or "", recorded.git_sha)
         elif current.config.rollback == "on-failure":
-            roll_back(
-                context.instance,
-                context.log,
-                context.op_execution_context.log_event,
-                deployment,
-                current,
-                env,
-                recorded.get("helm_revision"),
-                {"failed_checks": ", ".join(failed)},
-                sops.sops(),
-            )
+            cause = {"failed_checks": ", ".join(failed)}
+            record = DeployRecord(context.instance)
+            fact = roll_back(record, deployment, current, env, recorded.helm_revision, cause, sops.sops(), context.log)
+        else:
+            return
+        context.op_execution_context.log_event(observation(hub.name, env, fact))
 
     return _health
 
@@ -173,19 +131,19 @@ def run_checks(
     deployment: Deployment,
     hub: Hub,
     env: str,
-    recorded: dict[str, Any],
+    recorded: Release,
     checks: dict[str, CheckSettings],
     sops: Sops,
     masker: Masker,
 ) -> dict[str, CheckOutcome]:
-    namespace, release = str(recorded["namespace"]), str(recorded["release"])
+    namespace, release = recorded.namespace, recorded.release
     url = hub.url(env) or ""
     outcomes: dict[str, CheckOutcome] = {}
     with cluster_login(hub, deployment.snapshot, namespace, sops, masker) as login:
         helm = login.helm(masker, context.log.info)
         runners: dict[str, Callable[[], CheckOutcome]] = {
             "release_deployed": lambda: retried(
-                lambda: check_release(helm, release, namespace, recorded.get("helm_revision")),
+                lambda: check_release(helm, release, namespace, recorded.helm_revision),
                 checks["release_deployed"],
             ),
             "workloads_ready": lambda: retried(
@@ -211,40 +169,3 @@ def user_server_outcome(
     if token is None:
         return CheckOutcome(False, f"no admin token at {settings.token_values_path} in the hub's {env} secrets", {})
     return check_test_user(url, token, settings.username, settings.timeout_seconds, settings.retries)
-
-
-def roll_back(
-    instance: dg.DagsterInstance,
-    log: dg.DagsterLogManager,
-    log_event: Callable[[dg.AssetObservation], None],
-    deployment: Deployment,
-    hub: Hub,
-    env: str,
-    bad: int | None,
-    cause: dict[str, str],
-    sops: Sops,
-) -> None:
-    """`helm rollback` to the last healthy revision older than `bad` (None: the newest healthy one), recorded as
-    an event naming both revisions and the cause (failed checks, or a failed upgrade)."""
-    key = release_key(hub.name, env)
-    release = hub.release_name(env)
-    reason = ", ".join(f"{k}: {v}" for k, v in cause.items())
-    target = last_healthy_revision(instance, key, bad)
-    if target is None:
-        log.error(f"{release}: {reason}, and no earlier revision was healthy: nothing to roll back to")
-        log_event(dg.AssetObservation(asset_key=key, metadata={ROLLBACK: "impossible", "from_revision": bad, **cause}))
-        return
-    log.warning(f"{release}: {reason}: rolling back from {bad or 'the failed revision'} to {target}")
-    new_revision = helm_rollback(deployment.snapshot.repo, deployment.sha, hub, env, target, sops, log.info)
-    log_event(
-        dg.AssetObservation(
-            asset_key=key,
-            metadata={
-                ROLLBACK: "done",
-                "from_revision": bad,
-                "to_revision": target,
-                "new_revision": new_revision,
-                **cause,
-            },
-        )
-    )

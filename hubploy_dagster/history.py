@@ -6,9 +6,9 @@ back or refused, check evaluations say whether the release was healthy, and run 
 started. They are joined here in a handful of queries (one per kind of record, one per release check of the
 assets in view, one for all the runs), never one per row; each commit's author comes from git.
 
-`hubploy deploy` runs hubploy's deploy outside Dagster (its flags have no place in a Dagster run), so
-`record_cli_deploy` enters it in the same instance as a runless materialization with the release's metadata:
-sensor, UI and CLI deploys share one history.
+`hubploy deploy` runs hubploy's deploy outside Dagster (its flags have no place in a Dagster run); the deploy
+record (`record.py`) enters it in the same instance as a runless materialization with the release's
+metadata, so sensor, UI and CLI deploys share one history.
 """
 
 from __future__ import annotations
@@ -23,20 +23,16 @@ from typing import Any
 import dagster as dg
 import git
 
-from hubploy_dagster.checks import CHECK_NAMES, ROLLBACK
-from hubploy_dagster.deployment import Deployment, Hub
+from hubploy_dagster.checks import CHECK_NAMES
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import ENVIRONMENTS, release_key
-from hubploy_dagster.lineage import release_metadata
-from hubploy_dagster.release import DeployOptions, ReleaseResult
+from hubploy_dagster.record import RefusedPromotion, Release, Rollback, fact_of, values_of
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import TAG_GIT_SHA
 
-LAUNCHED_BY = "launched_by"  # metadata key of CLI deploys, which have no run to carry tags
 SENSOR_TAG = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
 FROM_UI_TAG = "dagster/from_ui"  # set by the Dagster UI on every run launched from it (launchpad, Materialize)
 CLOCK_SLACK_S = 60.0
-ROLLBACK_CAUSES = ("failed_checks", "failed_upgrade")  # metadata keys of a rollback observation that say why
 PAGE = 200
 
 
@@ -48,29 +44,6 @@ def open_instance() -> dg.DagsterInstance:
             "folder of the instance's dagster.yaml (the one `dagster dev` or the daemon uses)"
         )
     return dg.DagsterInstance.get()
-
-
-def record_cli_deploy(
-    instance: dg.DagsterInstance,
-    repo: DeploymentRepo,
-    deployment: Deployment,
-    hub: Hub,
-    result: ReleaseResult,
-    options: DeployOptions,
-) -> None:
-    """Enter a `hubploy deploy` in the instance as a materialization of the hub's release, marked as the CLI's.
-
-    No checks ran, so it never counts for the promotion gate. The configuration fingerprint (what the sensor
-    compares to skip a redeploy) is recorded only when nothing but the commit shaped the release: extra
-    values, another chart, chart version or namespace make the release differ from what is committed.
-    """
-    as_committed = not (options.set_values or options.set_string_values or options.version or options.namespace)
-    metadata = {**release_metadata(result, repo, None), LAUNCHED_BY: "cli"}
-    if as_committed and options.chart in (None, hub.config.chart):
-        metadata["fingerprint"] = deployment.fingerprint(hub)
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization(asset_key=release_key(result.hub, result.env), metadata=metadata)
-    )
 
 
 @dataclass(frozen=True)
@@ -122,8 +95,9 @@ def deploy_history(
     checks = _check_results(instance, records, runs)
     rollbacks: dict[tuple[str, dg.AssetKey], list[str]] = defaultdict(list)
     for record in reversed(events):
-        if _event_kind(record) == "rollback" and record.asset_key:
-            rollbacks[(record.run_id, record.asset_key)].append(_rollback_summary(_values(record)))
+        fact = fact_of(values_of(record))
+        if isinstance(fact, Rollback) and record.asset_key:
+            rollbacks[(record.run_id, record.asset_key)].append(fact.summary())
     entries = [_entry(r, runs[r.run_id].dagster_run if r.run_id in runs else None, checks, rollbacks) for r in records]
     authors = commit_authors(repo_source, {e.git_sha for e in entries if e.git_sha})
     return [replace(e, author=authors.get(e.git_sha, "")) for e in entries]
@@ -156,17 +130,10 @@ def _newest(
     return found
 
 
-def _values(record: dg.EventLogRecord) -> dict[str, Any]:
-    event = record.asset_materialization or record.asset_observation
-    return {k: v.value for k, v in event.metadata.items()} if event else {}
-
-
 def _event_kind(record: dg.EventLogRecord) -> str:
-    """Which observations are audit entries: rollbacks and refused promotions (not the healthy records)."""
-    values = _values(record)
-    if ROLLBACK in values:
-        return "rollback"
-    return "refused" if values.get("promotion") == "refused" else ""
+    """Which observations are audit entries: rollbacks and refused promotions (not healthy marks or retries)."""
+    fact = fact_of(values_of(record))
+    return "rollback" if isinstance(fact, Rollback) else "refused" if isinstance(fact, RefusedPromotion) else ""
 
 
 def _check_results(
@@ -201,24 +168,9 @@ def _executions_since(instance: dg.DagsterInstance, check: dg.AssetCheckKey, sin
         cursor = page[-1].id
 
 
-def _rollback_summary(values: dict[str, Any]) -> str:
-    """`revision 3 -> 2 (now revision 4)`; the source is `manual` for the rollback job, and a failed upgrade
-    (recorded without a revision) is named as such."""
-    state, bad = values[ROLLBACK], values.get("from_revision")
-    source = "manual" if state == "manual" else f"revision {bad}" if bad is not None else "the failed upgrade"
-    if state == "impossible":
-        return f"none from {source}: no earlier healthy revision"
-    return f"{source} -> {values.get('to_revision')} (now revision {values.get('new_revision')})"
-
-
-def _rollback_cause(values: dict[str, Any]) -> str:
-    """Why it rolled back, as recorded: `failed checks: hub_api` (or a failed upgrade)."""
-    return "; ".join(f"{key.replace('_', ' ')}: {values[key]}" for key in ROLLBACK_CAUSES if values.get(key))
-
-
-def launched_by(run: dg.DagsterRun | None, values: dict[str, Any]) -> str:
-    if values.get(LAUNCHED_BY):
-        return str(values[LAUNCHED_BY])
+def launched_by(run: dg.DagsterRun | None, release: Release) -> str:
+    if release.launched_by:
+        return release.launched_by
     if run is None:
         return "unknown"
     if SENSOR_TAG in run.tags:
@@ -233,38 +185,40 @@ def _entry(
     rollbacks: dict[tuple[str, dg.AssetKey], list[str]],
 ) -> Entry:
     assert record.asset_key is not None
-    values = _values(record)
+    values = values_of(record)
     outcomes = checks.get((record.run_id, record.asset_key), {})
     common = {
         "timestamp": record.timestamp,
         "hub": record.asset_key.path[0],
         "env": record.asset_key.path[1],
         "run_id": record.run_id,
-        "launched_by": launched_by(run, values),
+        "launched_by": launched_by(run, Release.of(values)),
         "checks_passed": [name for name, passed in outcomes.items() if passed],
         "checks_failed": [name for name, passed in outcomes.items() if not passed],
     }
     run_sha = run.tags.get(TAG_GIT_SHA, "") if run else ""
     kind = _event_kind(record) if record.asset_observation else "release"
-    if kind == "rollback":
+    fact = fact_of(values)
+    if isinstance(fact, Rollback):
         return Entry(
             event=kind,
             git_sha=run_sha,
-            helm_revision=values.get("new_revision"),
-            rollbacks=[_rollback_summary(values)],
-            detail=_rollback_cause(values),
+            helm_revision=fact.new_revision,
+            rollbacks=[fact.summary()],
+            detail=fact.reason(),
             **common,
         )
-    if kind == "refused":
-        return Entry(event=kind, git_sha=str(values.get("git_sha", run_sha)), detail=str(values["reason"]), **common)
-    details = [f"promoted from run {values['promoted_from_run']}"] if "promoted_from_run" in values else []
-    if "promotion_override" in values:
-        details.append(f"promotion override: {values['promotion_override']}")
+    if isinstance(fact, RefusedPromotion):
+        return Entry(event=kind, git_sha=fact.git_sha or run_sha, detail=fact.reason, **common)
+    release = Release.of(values)
+    details = [f"promoted from run {release.promoted_from_run}"] if release.promoted_from_run else []
+    if release.promotion_override:
+        details.append(f"promotion override: {release.promotion_override}")
     return Entry(
         event=kind,
-        git_sha=str(values.get("git_sha", "")),
-        image_tag=", ".join(ref.rpartition(":")[2] for ref in str(values.get("image", "")).split(", ") if ref),
-        helm_revision=values.get("helm_revision"),
+        git_sha=release.git_sha,
+        image_tag=", ".join(ref.rpartition(":")[2] for ref in release.image.split(", ") if ref),
+        helm_revision=release.helm_revision,
         rollbacks=rollbacks.get((record.run_id, record.asset_key), []),
         detail="; ".join(details),
         **common,

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from hubploy_dagster.keys import release_key
 from hubploy_dagster.release import ReleaseResult
 from hubploy_dagster.repo import DeploymentRepo
 
@@ -83,20 +82,17 @@ def release_metadata(result: ReleaseResult, repo: DeploymentRepo, run_id: str | 
     return metadata
 
 
-def promoted_from(instance: dg.DagsterInstance, hub_name: str, passed: dg.EventLogRecord) -> dict[str, Any]:
-    """For prod: the staging materialization whose checks passed (`passed`, the gate's record), and its run.
+def promoted_from(release: dg.EventLogRecord | None, passed: dg.EventLogRecord) -> dict[str, Any]:
+    """For a promotion: the release materialization whose checks passed (`passed`, their healthy mark) and its run.
 
-    The checks read the latest staging materialization when they ran, so the one they passed is the newest
-    one stored before their healthy record.
+    The checks read the latest release when they ran, so the one they passed is the newest one stored before
+    their healthy mark (`release`).
     """
-    staging = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=release_key(hub_name, "staging"), before_storage_id=passed.storage_id), limit=1
-    ).records
-    run_id = staging[0].run_id if staging else passed.run_id
+    run_id = release.run_id if release else passed.run_id
     metadata: dict[str, Any] = {"promoted_from_run": run_id}
-    if staging:
-        metadata["promoted_from_storage_id"] = staging[0].storage_id
-        metadata["promoted_from_time"] = dg.MetadataValue.timestamp(staging[0].timestamp)
+    if release:
+        metadata["promoted_from_storage_id"] = release.storage_id
+        metadata["promoted_from_time"] = dg.MetadataValue.timestamp(release.timestamp)
     if link := run_url(os.environ.get(WEBSERVER_ENV), run_id):
         metadata["promoted_from_run_link"] = dg.MetadataValue.url(link)
     return metadata

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
+from hubploy_dagster.record import Rollback, observation
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.rollback import helm_rollback
 
@@ -50,12 +51,8 @@ def rollback_hub(
     sha = repo.resolve(deployment_repo.branch(config.env))
     hub = load_deployment(repo.snapshot(sha)).hub(config.hub)
     new_revision = helm_rollback(repo, sha, hub, config.env, config.revision, sops.sops(), context.log.info)
-    context.log_event(
-        dg.AssetObservation(
-            asset_key=release_key(config.hub, config.env),
-            metadata={"rollback": "manual", "to_revision": config.revision, "new_revision": new_revision},
-        )
-    )
+    manual = Rollback("manual", to_revision=config.revision, new_revision=new_revision)
+    context.log_event(observation(config.hub, config.env, manual))
 
 
 @dg.job(description="helm rollback of one hub's release to a revision, recorded on the release asset.")

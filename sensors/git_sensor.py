@@ -13,9 +13,10 @@ import os
 
 import dagster as dg
 
-from hubploy_dagster.checks import passed_staging
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
+from hubploy_dagster.policy import awaiting_promotion, gated_on
+from hubploy_dagster.record import DeployRecord
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
 from hubploy_dagster.resources import TAG_BRANCH, TAG_ENV, TAG_GIT_SHA, TAG_HUB
 from hubploy_dagster.sensing import plan_branch, reload_code_location
@@ -63,12 +64,13 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
         repo.fetch()
         known = {key.path[0] for key in context.repository_def.asset_graph.get_all_asset_keys()}
         requests: list[dg.RunRequest] = []
+        record = DeployRecord(context.instance)
         for env in ENVIRONMENTS:  # staging is requested before prod
             if env not in moved:
                 continue
             branch, new = moved[env], heads[moved[env]]
 
-            deployed = deployed_fingerprints(context.instance, sorted(known), env)
+            deployed = record.deployed_fingerprints(sorted(known), env)
             plan = plan_branch(repo, env, branch, cursor.get(branch), new, deployed.get, known)
             for problem in plan.problems:
                 context.log.error(f"{branch}@{new[:7]}: {problem}")
@@ -81,41 +83,17 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
             if plan.unknown:
                 ask_for_reload(context, plan.unknown, branch)
                 continue  # the cursor stays: this move is planned again once the new hubs have assets
-            waiting = (
-                [] if env == ENVIRONMENTS[0] else awaiting_staging(context.instance, plan.deploy, plan.fingerprints)
-            )
+            waiting = awaiting_promotion(record, plan.deploy, env, plan.fingerprints)
             requests += [deploy_request(hub, env, branch, new) for hub in plan.deploy if hub not in waiting]
             if waiting:  # the cursor stays: planned again next tick; requests already made repeat no run (run keys)
                 context.log.info(
-                    f"{branch}@{new[:7]}: waiting for staging checks of {', '.join(waiting)} to promote them"
+                    f"{branch}@{new[:7]}: waiting for {gated_on(env)} checks of {', '.join(waiting)} to promote them"
                 )
                 continue
             cursor[branch] = new
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
     return git_branches
-
-
-def deployed_fingerprints(instance: dg.DagsterInstance, hubs: list[str], env: str) -> dict[str, str]:
-    """The configuration each hub's last successful release deployed, in one query for all hubs."""
-    events = instance.get_latest_materialization_events([release_key(hub, env) for hub in hubs])
-    found = {}
-    for key, event in events.items():
-        value = (
-            event.asset_materialization.metadata.get("fingerprint") if event and event.asset_materialization else None
-        )
-        if value is not None:
-            found[key.path[0]] = str(value.value)
-    return found
-
-
-def awaiting_staging(instance: dg.DagsterInstance, hubs: list[str], fingerprints: dict[str, str]) -> list[str]:
-    """Hubs whose configuration has not passed its staging checks yet: prod is requested only after it has.
-
-    Asking for prod only then, rather than trusting that a staging run queued first also finishes first, keeps
-    a retried or slow staging run from leaving its promotion refused and never asked for again.
-    """
-    return [hub for hub in hubs if not passed_staging(instance, hub, fingerprints[hub])]
 
 
 def ask_for_reload(context: dg.SensorEvaluationContext, hubs: list[str], branch: str) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import socket
 
+import dagster as dg
 import pytest
 from services.lab import CRASHING_HUB, Lab
+
+from hubploy_dagster.keys import release_key
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +83,20 @@ def test_rollback_returns_to_the_last_healthy_revision_and_says_so(lab: Lab, jup
     history = lab.history()
     assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["description"] == "Rollback to 1"
     assert history[-1]["status"] == "deployed"
+
+
+def test_rollback_finds_the_healthy_revision_behind_hundreds_of_later_events(lab: Lab, jupyterhub_server):
+    """The deploy record is queried, not windowed: 500 other events on the release and elsewhere hide nothing."""
+    lab.configure(lab.environments(staging_url=jupyterhub_server.url) + "rollback: on-failure\n")
+    lab.push_current_image()
+    assert lab.materialize(checks=True).success
+    for n in range(250):
+        for key in (release_key("lab", "staging"), release_key("another-hub", "staging")):
+            lab.instance.report_runless_asset_event(dg.AssetObservation(asset_key=key, metadata={"note": n}))
+    lab.configure(lab.environments(staging_url=dead_url()) + "rollback: on-failure\n")
+    broken = lab.materialize(checks=True)
+    [rollback] = [o for o in broken.observations() if "rollback" in o]
+    assert (rollback["rollback"], rollback["from_revision"], rollback["to_revision"]) == ("done", 2, 1)
 
 
 def test_no_rollback_without_an_earlier_healthy_revision(lab: Lab):
