@@ -2,12 +2,15 @@
 
 Every command reads the deployment repository at a commit (`--rev`) from git objects, never from the work
 tree, so `hubploy tags --rev prod` answers for the prod branch whatever is checked out.
+
+The main group reads the settings (`hubploy_dagster.settings`) once and hands them to the commands. Dagster
+is imported only by the commands that use the Dagster instance (`history`, and `deploy` when it records),
+so the others start without it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -20,14 +23,12 @@ from hubploy_dagster.changes import change_set
 from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError, HubployError
-from hubploy_dagster.history import deploy_history, history_table, open_instance, record_cli_deploy
-from hubploy_dagster.images import BuildOptions
-from hubploy_dagster.keys import ENVIRONMENTS
-from hubploy_dagster.plan import branch_head, env_branch, plan_deploy
+from hubploy_dagster.images import BuildOptions, docker_client
+from hubploy_dagster.plan import branch_head, plan_deploy
 from hubploy_dagster.release import DeployOptions, deploy_hub, refuse_secret_printing
 from hubploy_dagster.repo import DeploymentRepo
-from hubploy_dagster.resources import DockerEngineResource
 from hubploy_dagster.secrets import Sops
+from hubploy_dagster.settings import ENVIRONMENTS, Settings, SettingsError, current
 from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags
 from hubploy_dagster.validate import validate_repository
 
@@ -64,8 +65,17 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Continuous deployment of JupyterHubs: hubploy's workflow with Dagster's lineage, checks and UI."""
+    try:
+        ctx.obj = current()
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+pass_settings = click.make_pass_decorator(Settings)
 
 
 @main.command()
@@ -140,9 +150,11 @@ def changed(old: str, new: str, repo: str, as_json: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Do not use earlier tags as build cache.")
 @click.option("--image", "images", multiple=True, help="Only the image with this full name (repeatable).")
 @click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE build argument (repeatable).")
-@click.option("--docker-host", envvar="DOCKER_HOST", help="Docker engine address (default: DOCKER_HOST or local).")
+@click.option("--docker-host", help="Docker engine address (default: DOCKER_HOST or the local socket).")
+@pass_settings
 @reports_errors
 def build(
+    settings: Settings,
     hub: str,
     repo: str,
     rev: str,
@@ -169,7 +181,7 @@ def build(
         deployment_repo,
         deployment,
         deployment.hub(hub),
-        DockerEngineResource(base_url=docker_host).client(),
+        docker_client(docker_host or settings.docker_host),
         Sops(),
         BuildPlan(options, only_images=list(images), commit_range=commit_range),
         lambda line: click.echo(line, err=True),
@@ -195,8 +207,10 @@ def build(
 @click.option("--cleanup-on-fail", is_flag=True, help="helm --cleanup-on-fail.")
 @click.option("--dry-run", is_flag=True, help="helm --dry-run (prints secrets: refused when CI is set).")
 @click.option("-D", "--helm-debug", is_flag=True, help="helm --debug (prints secrets: refused when CI is set).")
+@pass_settings
 @reports_errors
 def deploy(
+    settings: Settings,
     hub: str,
     chart: str,
     environment: str,
@@ -232,15 +246,19 @@ def deploy(
         dry_run=dry_run,
         helm_debug=helm_debug,
     )
-    refuse_secret_printing(options)
+    refuse_secret_printing(options, settings)
     deployment_repo = DeploymentRepo(repo)
     deployment = load_deployment(deployment_repo.snapshot(rev))
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     target = deployment.hub(hub)
     result = deploy_hub(deployment_repo, deployment, target, environment, Sops(), options, log)
-    if os.environ.get("DAGSTER_HOME") and not dry_run:
-        record_cli_deploy(open_instance(), deployment_repo, deployment, target, result, options)
-        log(f"recorded in the Dagster instance at {os.environ['DAGSTER_HOME']}")
+    if settings.dagster_home and not dry_run:
+        # Dagster, only when recording
+        from hubploy_dagster.history import open_instance
+        from hubploy_dagster.record import DeployRecord
+
+        DeployRecord(open_instance()).record_cli_deploy(deployment_repo, deployment, target, result, options)
+        log(f"recorded in the Dagster instance at {settings.dagster_home}")
     click.echo(f"{result.release}\t{result.namespace}\trevision {result.revision}\t{result.status}")
 
 
@@ -248,22 +266,25 @@ def deploy(
 @click.argument("hub", required=False)
 @click.option("--env", type=click.Choice(ENVIRONMENTS), help="Only this environment.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest entries to list.")
-@click.option("--repo", envvar="HUBPLOY_REPO", help="Deployment repository for commit authors [env: HUBPLOY_REPO].")
+@click.option("--repo", help="Deployment repository for commit authors [default: HUBPLOY_REPO].")
 @json_option
+@pass_settings
 @reports_errors
-def history(hub: str | None, env: str | None, limit: int, repo: str | None, as_json: bool) -> None:
+def history(settings: Settings, hub: str | None, env: str | None, limit: int, repo: str | None, as_json: bool) -> None:
     """The deploy audit of HUB (or every hub) from the Dagster instance at DAGSTER_HOME, newest first.
 
     One entry per release, rollback and refused promotion: commit and its author, image tag, helm revision,
     checks, run, and how it was started (sensor, cli, ui or other).
     """
-    entries = deploy_history(open_instance(), hub, env, limit, repo)
+    from hubploy_dagster.history import deploy_history, history_table, open_instance  # Dagster, only here
+
+    entries = deploy_history(open_instance(), hub, env, limit, repo or settings.repo)
     if as_json:
         _emit_json([entry.as_json() for entry in entries])
         return
     if not entries:
         scope = "".join(f" {part}" for part in (hub and f"of hub {hub}", env and f"in {env}") if part)
-        click.echo(f"no deploys recorded{scope} in the Dagster instance at {os.environ['DAGSTER_HOME']}")
+        click.echo(f"no deploys recorded{scope} in the Dagster instance at {settings.dagster_home}")
         return
     for line in history_table(entries):
         click.echo(line)
@@ -297,11 +318,12 @@ def validate(repo: str, rev: str) -> None:
 )
 @click.option("--to", "to_rev", help="Commit to plan (default: the head of the environment's branch).")
 @json_option
+@pass_settings
 @reports_errors
-def plan(repo: str, env: str, from_rev: str | None, to_rev: str | None, as_json: bool) -> None:
+def plan(settings: Settings, repo: str, env: str, from_rev: str | None, to_rev: str | None, as_json: bool) -> None:
     """What deploying ENV at a commit would change: hubs, images to build, and a diff of each hub's resources."""
     deployment_repo = DeploymentRepo(repo)
-    new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, env_branch(env))
+    new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, settings.branch(env))
     result = plan_deploy(deployment_repo, env, new, from_rev, Sops(), lambda line: click.echo(line, err=True))
     if as_json:
         _emit_json(result.to_json())

@@ -1,8 +1,8 @@
 """The code location: one asset group per hub of the deployment repository named by `HUBPLOY_REPO`.
 
-Settings come from the environment: HUBPLOY_REPO (path or git URL), HUBPLOY_BRANCHES (`staging,prod`),
-HUBPLOY_SENSOR_INTERVAL (seconds), HUBPLOY_WEBSERVER_URL (for reloads and links), HUBPLOY_WEBHOOK_URL
-(failure notifications), HUBPLOY_BUILD_ARGS, SOPS_AGE_KEY_FILE; helm and kubectl read their own (KUBECONFIG...).
+Its settings (`hubploy_dagster.settings`: HUBPLOY_REPO, HUBPLOY_BRANCHES, HUBPLOY_SENSOR_INTERVAL,
+HUBPLOY_WEBSERVER_URL, HUBPLOY_WEBHOOK_URL, HUBPLOY_BUILD_ARGS, SOPS_AGE_KEY_FILE...) are read once, when the
+code location loads, and passed to the sensors and resources; helm and kubectl read their own (KUBECONFIG...).
 
 Dagster builds the asset graph when the code location loads, so the hubs are read here, once, from the
 heads of the watched branches (every hub on staging or prod gets its assets).
@@ -11,7 +11,6 @@ heads of the watched branches (every hub on staging or prod gets its assets).
 from __future__ import annotations
 
 import functools
-import os
 
 import dagster as dg
 
@@ -21,12 +20,11 @@ from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.keys import group_name
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
+from hubploy_dagster.settings import Settings, current
 from jobs.deploy import deploy_jobs, rollback
 from jobs.plan import plan
-from sensors.git_sensor import WEBSERVER_ENV, build_git_sensor
+from sensors.git_sensor import build_git_sensor
 from sensors.notify import build_failure_sensor
-
-DEFAULT_BRANCHES = ("staging", "prod")
 
 
 def hubs_on_branches(repo: DeploymentRepo, branches: tuple[str, ...]) -> list[Hub]:
@@ -40,8 +38,10 @@ def hubs_on_branches(repo: DeploymentRepo, branches: tuple[str, ...]) -> list[Hu
     return [hubs[name] for name in sorted(hubs)]
 
 
-def build_definitions(source: str, branches: tuple[str, ...] = DEFAULT_BRANCHES) -> dg.Definitions:
-    hubs = hubs_on_branches(DeploymentRepo(source), branches)
+def build_definitions(source: str, settings: Settings | None = None) -> dg.Definitions:
+    """The definitions for the deployment repository at `source` (default settings: the environment's)."""
+    settings = settings or current()
+    hubs = hubs_on_branches(DeploymentRepo(source), settings.branches)
     groups: dict[str, str] = {}
     for hub in hubs:
         other = groups.setdefault(group_name(hub.name), hub.name)
@@ -53,53 +53,34 @@ def build_definitions(source: str, branches: tuple[str, ...] = DEFAULT_BRANCHES)
         hub_asset_list, hub_checks = hub_assets(hub)
         assets += hub_asset_list
         checks += hub_checks
-    staging_branch, prod_branch = branches[0], branches[-1]
     sensors = [
-        build_git_sensor(
-            source,
-            {"staging": staging_branch, "prod": prod_branch},
-            int(os.environ.get("HUBPLOY_SENSOR_INTERVAL", "30")),
-        ),
-        build_failure_sensor(os.environ.get("HUBPLOY_WEBHOOK_URL"), os.environ.get(WEBSERVER_ENV)),
+        build_git_sensor(source, settings.env_branches, settings.sensor_interval),
+        build_failure_sensor(settings.webhook_url, settings.webserver_url),
     ]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[*deploy_jobs(hubs), rollback, plan],
         sensors=sensors,
-        resources=resources_from_environment(source, branches),
+        resources=resources_from_settings(source, settings),
         # A deploy's steps run one after the other anyway (image, release, checks); a process per step cost
         # 3-5 s each at start-up for no isolation worth having.
         executor=dg.in_process_executor,
     )
 
 
-def resources_from_environment(source: str, branches: tuple[str, ...]) -> dict[str, dg.ConfigurableResource]:
-    """Resources configured from the environment, so that `make run` and production differ only in variables.
+def resources_from_settings(source: str, settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Resources configured from the settings, so that `make run` and production differ only in variables.
 
-    HUBPLOY_BUILD_ARGS: `KEY=VALUE,...` build arguments for every image (the example sets BASE_IMAGE to a
-    locally made base image where the upstream one cannot be pulled); SOPS_AGE_KEY_FILE: the age key.
+    HUBPLOY_BUILD_ARGS: build arguments for every image (the example sets BASE_IMAGE to a locally made base
+    image where the upstream one cannot be pulled); SOPS_AGE_KEY_FILE: the age key.
     """
-    build_args = dict(item.split("=", 1) for item in os.environ.get("HUBPLOY_BUILD_ARGS", "").split(",") if "=" in item)
+    age_key_file = settings.sops_age_key_file
     return {
-        "deployment_repo": DeploymentRepoResource(source=source, staging_branch=branches[0], prod_branch=branches[-1]),
-        "docker_engine": DockerEngineResource(build_args=build_args),
-        "sops": SopsResource(age_key_file=os.environ.get("SOPS_AGE_KEY_FILE")),
+        "deployment_repo": DeploymentRepoResource(source=source, branches=list(settings.branches)),
+        "docker_engine": DockerEngineResource(build_args=settings.build_args),
+        "sops": SopsResource(age_key_file=str(age_key_file) if age_key_file else None),
     }
-
-
-def _source_from_environment() -> str:
-    source = os.environ.get("HUBPLOY_REPO")
-    if not source:
-        raise RuntimeError(
-            "HUBPLOY_REPO is not set: point it at the deployment repository (a path or a git URL); "
-            "`make run` sets it to the bundled example"
-        )
-    return source
-
-
-def _branches_from_environment() -> tuple[str, ...]:
-    return tuple(os.environ.get("HUBPLOY_BRANCHES", ",".join(DEFAULT_BRANCHES)).split(","))
 
 
 @dg.definitions
@@ -109,4 +90,5 @@ def defs() -> dg.Definitions:
 
     A reload of the code location starts a new process, so new hubs are still picked up.
     """
-    return build_definitions(_source_from_environment(), _branches_from_environment())
+    settings = current()
+    return build_definitions(settings.require_repo(), settings)

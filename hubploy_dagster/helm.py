@@ -23,9 +23,8 @@ import yaml
 
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.secrets import Masker
+from hubploy_dagster.settings import current
 from hubploy_dagster.tools import find_tool
-
-CHART_CACHE_ENV = "HUBPLOY_CHART_CACHE"
 
 
 class HelmError(HubployError):
@@ -169,8 +168,8 @@ def chart_dependencies(chart: Path) -> list[dict[str, Any]]:
 
 
 def chart_cache_dirs() -> list[Path]:
-    """Folders holding chart archives (`<name>-<version>.tgz`) to use instead of downloading them."""
-    return [Path(p) for p in os.environ.get(CHART_CACHE_ENV, "").split(os.pathsep) if p]
+    """Folders holding chart archives (`<name>-<version>.tgz`) to use instead of downloading them (HUBPLOY_CHART_CACHE)."""
+    return list(current().chart_cache)
 
 
 def prepare_dependencies(chart: Path, helm: Helm) -> str:

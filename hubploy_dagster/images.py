@@ -23,6 +23,7 @@ from hubploy_dagster.errors import HubployError
 from hubploy_dagster.registry import ImageName, RegistryClient
 from hubploy_dagster.repo import DeploymentRepo, Snapshot, extract_tar
 from hubploy_dagster.secrets import private_dir
+from hubploy_dagster.settings import DEFAULT_DOCKER_HOST, current
 from hubploy_dagster.tags import tag_from_sha
 from hubploy_dagster.tools import find_tool
 
@@ -30,6 +31,21 @@ CACHE_LOOKBACK = 15
 LOG_TAIL_LINES = 20
 
 Log = Callable[[str], None]
+
+
+class DockerEngineError(HubployError):
+    """The Docker engine does not answer."""
+
+
+def docker_client(base_url: str | None = None) -> docker.DockerClient:
+    """A client of the Docker engine at `base_url` (default: DOCKER_HOST, else the local socket), which answered."""
+    address = base_url or current().docker_host or DEFAULT_DOCKER_HOST
+    try:
+        client = docker.DockerClient(base_url=address)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise DockerEngineError(f"the Docker engine at {address} does not answer: {exc}") from None
+    return client
 
 
 class BuildError(HubployError):

@@ -4,7 +4,9 @@ import re
 
 import dagster as dg
 
-ENVIRONMENTS = ("staging", "prod")
+# The environments are the library's (hubploy_dagster.settings); imported here for upstream_of, and still
+# imported from here by modules of the Dagster layer.
+from hubploy_dagster.settings import ENVIRONMENTS
 
 
 def group_name(hub_name: str) -> str:

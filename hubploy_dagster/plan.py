@@ -39,7 +39,6 @@ from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import MASK, Masker, Sops
 
 SECRET_FIELDS = ("data", "stringData")
-DEFAULT_BRANCHES = "staging,prod"
 
 
 class ResourceId(NamedTuple):
@@ -138,12 +137,6 @@ class Plan:
         for hub in self.hubs:
             lines += ["", f"### {hub.hub}", "", "```diff", hub.diff or "(no manifest change)", "```"]
         return "\n".join(lines) + "\n"
-
-
-def env_branch(env: str) -> str:
-    """The branch an environment follows, as the code location reads HUBPLOY_BRANCHES: staging first, prod last."""
-    branches = os.environ.get("HUBPLOY_BRANCHES", DEFAULT_BRANCHES).split(",")
-    return {"staging": branches[0], "prod": branches[-1]}.get(env, env)
 
 
 def branch_head(repo: DeploymentRepo, branch: str) -> str:

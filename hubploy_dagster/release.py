@@ -24,6 +24,7 @@ from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo, extract_tar
 from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir, refuse_git_crypt
+from hubploy_dagster.settings import Settings, current
 from hubploy_dagster.tags import hub_image_tags
 
 
@@ -82,13 +83,14 @@ class ReleaseResult:
         }
 
 
-def refuse_secret_printing(options: DeployOptions) -> None:
+def refuse_secret_printing(options: DeployOptions, settings: Settings | None = None) -> None:
     """hubploy's guard: --dry-run and helm --debug print decrypted values; never in CI, and locally on request only."""
     if not (options.dry_run or options.helm_debug):
         return
-    if os.environ.get("CI"):
+    settings = settings or current()
+    if settings.ci:
         raise HubployError("--dry-run and --helm-debug print secret values in plain text: refused because CI is set")
-    if not os.environ.get("HUBPLOY_LOCAL_DEBUG"):
+    if not settings.local_debug:
         raise HubployError(
             "--dry-run and --helm-debug print secret values in plain text: set HUBPLOY_LOCAL_DEBUG=1 to allow it here"
         )

