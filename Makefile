@@ -1,5 +1,5 @@
 # hubploy-dagster: developer entry points. See scripts/setup.sh for what `setup` installs.
-#   make setup | make test [PYTEST_ARGS=...] | make run [DAGSTER_PORT=3000] | make lint
+#   make setup | make test [PYTEST_ARGS=...] | make run [DAGSTER_PORT=3000] | make lint (ruff, import-linter)
 
 # bash (not /bin/sh) for every recipe: make then never takes its shell-less fast path, so the
 # PATH below is the one every command is looked up in.
@@ -30,3 +30,4 @@ lint:
 	scripts/setup.sh apt venv
 	ruff check $(LINT_PATHS)
 	ruff format --check $(LINT_PATHS)
+	lint-imports
