@@ -27,6 +27,7 @@ from hubploy_dagster.resources import (
     SopsResource,
 )
 from hubploy_dagster.secrets import Masker
+from hubploy_dagster.session import HubSession
 from hubploy_dagster.superseded import superseding_run
 
 TRANSIENT_RETRIES = 2
@@ -147,9 +148,8 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
     ) -> Iterator[dg.MaterializeResult]:
         repo = deployment_repo.open()
         sha = deployment_repo.pinned_commit(context, env)
-        deployment = load_deployment(repo.snapshot(sha))
-        current = deployment.hub(hub.name)
-        fingerprint = deployment.fingerprint(current)
+        session = HubSession.at(repo, sha, hub.name, env, sops.sops(), context.log.info)
+        fingerprint = session.deployment.fingerprint(session.hub)
         newer = superseding_run(context.instance, context.run, hub.name, env)
         if newer is not None:
             context.log.warning(
@@ -169,14 +169,12 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
         if gate.overridden:
             context.log.warning(f"promoting to {env} although {gate.overridden}: overridden by run tag ({override})")
         try:
-            result = deploy_hub(repo, deployment, current, env, sops.sops(), DeployOptions(), context.log.info)
+            result = deploy_hub(session, DeployOptions())
         except UpgradeFailedError:
-            if current.config.rollback == "on-failure":
+            if session.hub.config.rollback == "on-failure":
                 # yielded, not logged: the step's failure would drop a logged event
-                cause = {"failed_upgrade": f"helm upgrade of {current.release_name(env)}"}
-                yield observation(
-                    hub.name, env, roll_back(record, deployment, current, env, None, cause, sops.sops(), context.log)
-                )
+                cause = {"failed_upgrade": f"helm upgrade of {session.release}"}
+                yield observation(hub.name, env, roll_back(record, session, None, cause, context.log))
             raise
         metadata = release_record_metadata(result, repo, context.run.run_id, fingerprint, **gate.metadata)
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))

@@ -14,16 +14,16 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from hubploy_dagster.cloud import cluster_login
 from hubploy_dagster.config import CheckSettings
-from hubploy_dagster.deployment import Deployment, Hub, load_deployment
+from hubploy_dagster.deployment import Hub
 from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user
 from hubploy_dagster.health_cluster import check_release, check_workloads
 from hubploy_dagster.keys import group_name, release_key
 from hubploy_dagster.policy import roll_back
 from hubploy_dagster.record import DeployRecord, Fact, Healthy, Release, observation
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
-from hubploy_dagster.secrets import Masker, Sops, decrypted_files
+from hubploy_dagster.secrets import decrypted_files
+from hubploy_dagster.session import HubSession
 
 CHECK_NAMES = ("release_deployed", "workloads_ready", "hub_api", "test_user_server")
 
@@ -57,14 +57,13 @@ def retried(check: Callable[[], CheckOutcome], settings: CheckSettings) -> Check
         time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
 
 
-def admin_token(deployment: Deployment, hub: Hub, env: str, path: str, sops: Sops, masker: Masker) -> str | None:
+def admin_token(session: HubSession, path: str) -> str | None:
     """The hub's admin service token from its decrypted secrets (the last values file that sets it wins)."""
-    snapshot = deployment.snapshot
-    files = [
-        (snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in deployment.values_files(hub, env) if f.secret
-    ]
+    snapshot, hub = session.deployment.snapshot, session.hub
+    values_files = session.deployment.values_files(hub, session.env)
+    files = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if f.secret]
     token = None
-    with decrypted_files(files, sops, masker, hub.config.secrets.encryption) as paths:
+    with decrypted_files(files, session.sops, session.masker, hub.config.secrets.encryption) as paths:
         for path_on_disk in paths:
             value: Any = yaml.safe_load(path_on_disk.read_text()) or {}
             for part in path.split("."):
@@ -100,10 +99,9 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
                 yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=False, description="never deployed")
             return
         recorded = Release.of({k: v.value for k, v in event.asset_materialization.metadata.items()})
-        deployment = load_deployment(deployment_repo.open().snapshot(recorded.git_sha))
-        current = deployment.hub(hub.name)
-        masker = Masker()
-        outcomes = run_checks(context, deployment, current, env, recorded, checks, sops.sops(), masker)
+        session = HubSession.at(deployment_repo.open(), recorded.git_sha, hub.name, env, sops.sops(), context.log.info)
+        masker = session.masker
+        outcomes = run_checks(session, recorded, checks)
         for name, outcome in outcomes.items():
             yield dg.AssetCheckResult(
                 asset_key=key,
@@ -115,10 +113,9 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
         failed = [name for name, outcome in outcomes.items() if not outcome.passed and checks[name].blocking]
         if not failed:
             fact: Fact = Healthy(recorded.helm_revision, recorded.fingerprint or "", recorded.git_sha)
-        elif current.config.rollback == "on-failure":
+        elif session.hub.config.rollback == "on-failure":
             cause = {"failed_checks": ", ".join(failed)}
-            record = DeployRecord(context.instance)
-            fact = roll_back(record, deployment, current, env, recorded.helm_revision, cause, sops.sops(), context.log)
+            fact = roll_back(DeployRecord(context.instance), session, recorded.helm_revision, cause, context.log)
         else:
             return
         context.op_execution_context.log_event(observation(hub.name, env, fact))
@@ -126,46 +123,34 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
     return _health
 
 
-def run_checks(
-    context: dg.AssetCheckExecutionContext,
-    deployment: Deployment,
-    hub: Hub,
-    env: str,
-    recorded: Release,
-    checks: dict[str, CheckSettings],
-    sops: Sops,
-    masker: Masker,
-) -> dict[str, CheckOutcome]:
-    namespace, release = recorded.namespace, recorded.release
-    url = hub.url(env) or ""
+def run_checks(session: HubSession, recorded: Release, checks: dict[str, CheckSettings]) -> dict[str, CheckOutcome]:
+    namespace, release, log, masker = recorded.namespace, recorded.release, session.log, session.masker
+    url = session.hub.url(session.env) or ""
     outcomes: dict[str, CheckOutcome] = {}
-    with cluster_login(hub, deployment.snapshot, namespace, sops, masker) as login:
-        helm = login.helm(masker, context.log.info)
+    with session.cluster(namespace) as cluster:
         runners: dict[str, Callable[[], CheckOutcome]] = {
             "release_deployed": lambda: retried(
-                lambda: check_release(helm, release, namespace, recorded.helm_revision),
+                lambda: check_release(cluster.helm, release, namespace, recorded.helm_revision),
                 checks["release_deployed"],
             ),
             "workloads_ready": lambda: retried(
-                lambda: check_workloads(login, release, namespace), checks["workloads_ready"]
+                lambda: check_workloads(cluster.login, release, namespace), checks["workloads_ready"]
             ),
             "hub_api": lambda: check_hub_api(url, checks["hub_api"].timeout_seconds, checks["hub_api"].retries),
-            "test_user_server": lambda: user_server_outcome(deployment, hub, env, url, sops, masker),
+            "test_user_server": lambda: user_server_outcome(session, url),
         }
         for name in checks:
-            context.log.info(f"checking {name} of {release} in {namespace}")
+            log(f"checking {name} of {release} in {namespace}")
             outcomes[name] = runners[name]()
-            context.log.info(
-                f"{name}: {'passed' if outcomes[name].passed else 'FAILED'}: {masker(outcomes[name].description)}"
-            )
+            log(f"{name}: {'passed' if outcomes[name].passed else 'FAILED'}: {masker(outcomes[name].description)}")
     return outcomes
 
 
-def user_server_outcome(
-    deployment: Deployment, hub: Hub, env: str, url: str, sops: Sops, masker: Masker
-) -> CheckOutcome:
-    settings = hub.config.health.test_user
-    token = admin_token(deployment, hub, env, settings.token_values_path, sops, masker)
+def user_server_outcome(session: HubSession, url: str) -> CheckOutcome:
+    settings = session.hub.config.health.test_user
+    token = admin_token(session, settings.token_values_path)
     if token is None:
-        return CheckOutcome(False, f"no admin token at {settings.token_values_path} in the hub's {env} secrets", {})
+        return CheckOutcome(
+            False, f"no admin token at {settings.token_values_path} in the hub's {session.env} secrets", {}
+        )
     return check_test_user(url, token, settings.username, settings.timeout_seconds, settings.retries)

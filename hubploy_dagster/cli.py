@@ -28,6 +28,7 @@ from hubploy_dagster.plan import branch_head, plan_deploy
 from hubploy_dagster.release import DeployOptions, deploy_hub, refuse_secret_printing
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Sops
+from hubploy_dagster.session import HubSession
 from hubploy_dagster.settings import ENVIRONMENTS, Settings, SettingsError, current
 from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags
 from hubploy_dagster.validate import validate_repository
@@ -209,55 +210,28 @@ def build(
 @click.option("-D", "--helm-debug", is_flag=True, help="helm --debug (prints secrets: refused when CI is set).")
 @pass_settings
 @reports_errors
-def deploy(
-    settings: Settings,
-    hub: str,
-    chart: str,
-    environment: str,
-    repo: str,
-    rev: str,
-    namespace: str | None,
-    set_values: tuple[str, ...],
-    set_string_values: tuple[str, ...],
-    version: str | None,
-    timeout: str | None,
-    force: bool,
-    atomic: bool,
-    cleanup_on_fail: bool,
-    dry_run: bool,
-    helm_debug: bool,
-) -> None:
+def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str, rev: str, **helm_flags: Any) -> None:
     """Deploy HUB's ENVIRONMENT release with the helm CHART folder, as `hubploy deploy` does.
 
     hubploy's deploy exactly: no health checks, no promotion gate. When DAGSTER_HOME is set, the deploy is also
     recorded in that Dagster instance as a materialization of the hub's release marked `launched_by: cli` (it
     runs here, not in a Dagster run), so `hubploy history` and the UI list it beside the sensor's deploys.
     """
-    options = DeployOptions(
-        chart=chart.rstrip("/"),
-        namespace=namespace,
-        set_values=list(set_values),
-        set_string_values=list(set_string_values),
-        version=version,
-        timeout=timeout,
-        force=force,
-        atomic=atomic,
-        cleanup_on_fail=cleanup_on_fail,
-        dry_run=dry_run,
-        helm_debug=helm_debug,
-    )
+    repeated = {key: list(helm_flags.pop(key)) for key in ("set_values", "set_string_values")}
+    options = DeployOptions(chart=chart.rstrip("/"), **repeated, **helm_flags)
     refuse_secret_printing(options, settings)
     deployment_repo = DeploymentRepo(repo)
-    deployment = load_deployment(deployment_repo.snapshot(rev))
     log = lambda line: click.echo(line, err=True)  # noqa: E731
-    target = deployment.hub(hub)
-    result = deploy_hub(deployment_repo, deployment, target, environment, Sops(), options, log)
-    if settings.dagster_home and not dry_run:
+    session = HubSession.at(deployment_repo, rev, hub, environment, Sops(), log)
+    result = deploy_hub(session, options)
+    if settings.dagster_home and not options.dry_run:
         # Dagster, only when recording
         from hubploy_dagster.history import open_instance
         from hubploy_dagster.record import DeployRecord
 
-        DeployRecord(open_instance()).record_cli_deploy(deployment_repo, deployment, target, result, options)
+        DeployRecord(open_instance()).record_cli_deploy(
+            deployment_repo, session.deployment, session.hub, result, options
+        )
         log(f"recorded in the Dagster instance at {settings.dagster_home}")
     click.echo(f"{result.release}\t{result.namespace}\trevision {result.revision}\t{result.status}")
 

@@ -13,7 +13,6 @@ metadata, so sensor, UI and CLI deploys share one history.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +22,7 @@ from typing import Any
 import dagster as dg
 import git
 
+from hubploy_dagster import settings
 from hubploy_dagster.checks import CHECK_NAMES
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import ENVIRONMENTS, release_key
@@ -38,7 +38,7 @@ PAGE = 200
 
 def open_instance() -> dg.DagsterInstance:
     """The instance the webserver and daemon use, named by DAGSTER_HOME; a clear error when it is not set."""
-    if not os.environ.get("DAGSTER_HOME"):
+    if settings.current().dagster_home is None:
         raise HubployError(
             "DAGSTER_HOME is not set: the deploy history lives in the Dagster instance; set DAGSTER_HOME to the "
             "folder of the instance's dagster.yaml (the one `dagster dev` or the daemon uses)"

@@ -9,17 +9,15 @@ taken from a remote URL, so credentials in it (`https://user:token@...`) never r
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
 
+from hubploy_dagster import settings
 from hubploy_dagster.release import ReleaseResult
 from hubploy_dagster.repo import DeploymentRepo
-
-WEBSERVER_ENV = "HUBPLOY_WEBSERVER_URL"
 
 # The commit page of each forge, relative to the repository's page.
 FORGE_COMMIT_PATHS = {
@@ -77,7 +75,7 @@ def release_metadata(result: ReleaseResult, repo: DeploymentRepo, run_id: str | 
     }
     if result.url:
         metadata["url"] = dg.MetadataValue.url(result.url)
-    if run := run_url(os.environ.get(WEBSERVER_ENV), run_id):
+    if run := run_url(settings.current().webserver_url, run_id):
         metadata["run"] = dg.MetadataValue.url(run)
     return metadata
 
@@ -93,6 +91,6 @@ def promoted_from(release: dg.EventLogRecord | None, passed: dg.EventLogRecord) 
     if release:
         metadata["promoted_from_storage_id"] = release.storage_id
         metadata["promoted_from_time"] = dg.MetadataValue.timestamp(release.timestamp)
-    if link := run_url(os.environ.get(WEBSERVER_ENV), run_id):
+    if link := run_url(settings.current().webserver_url, run_id):
         metadata["promoted_from_run_link"] = dg.MetadataValue.url(link)
     return metadata

@@ -37,6 +37,7 @@ from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.release import DeployOptions, hub_images, prepared_release
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import MASK, Masker, Sops
+from hubploy_dagster.session import HubSession
 
 SECRET_FIELDS = ("data", "stringData")
 
@@ -184,9 +185,8 @@ class _HubPlanner:
     def plan(self, hub: Hub, images: list[ImageValue]) -> HubPlan:
         """The live release against what this commit renders, with the hub's cluster login."""
         sha, env = self.deployment.sha, self.env
-        with prepared_release(
-            self.repo, self.deployment, hub, env, self.sops, DeployOptions(), self.log, self.masker, images
-        ) as prepared:
+        session = HubSession(self.deployment, hub, env, self.sops, self.log, self.masker)
+        with prepared_release(session, DeployOptions(), images) as prepared:
             request, helm = prepared.request, prepared.helm
             live = helm.live_manifests(request.release, request.namespace)
             args = [*request.template_args(), "--dry-run=server", *(["--is-upgrade"] if live is not None else [])]

@@ -14,12 +14,11 @@ from typing import Any
 
 import dagster as dg
 
-from hubploy_dagster.deployment import Deployment, Hub
 from hubploy_dagster.keys import ENVIRONMENTS
 from hubploy_dagster.lineage import promoted_from
 from hubploy_dagster.record import PROMOTION_OVERRIDE, DeployRecord, RefusedPromotion, Rollback
 from hubploy_dagster.rollback import helm_rollback
-from hubploy_dagster.secrets import Sops
+from hubploy_dagster.session import HubSession
 
 
 def gated_on(env: str) -> str | None:
@@ -65,26 +64,19 @@ def awaiting_promotion(record: DeployRecord, hubs: list[str], env: str, fingerpr
 
 
 def roll_back(
-    record: DeployRecord,
-    deployment: Deployment,
-    hub: Hub,
-    env: str,
-    bad: int | None,
-    cause: dict[str, str],
-    sops: Sops,
-    log: dg.DagsterLogManager,
+    record: DeployRecord, session: HubSession, bad: int | None, cause: dict[str, str], log: dg.DagsterLogManager
 ) -> Rollback:
     """`helm rollback` to the newest healthy revision older than `bad` (None: the newest healthy one).
 
     Returns the fact to record: the revisions and the cause (failed checks, or a failed upgrade), or that
     there was nothing healthy to return to.
     """
-    release = hub.release_name(env)
+    release = session.release
     reason = ", ".join(f"{k}: {v}" for k, v in cause.items())
-    target = record.healthy_revision(hub.name, env, bad)
+    target = record.healthy_revision(session.hub.name, session.env, bad)
     if target is None:
         log.error(f"{release}: {reason}, and no earlier revision was healthy: nothing to roll back to")
         return Rollback("impossible", from_revision=bad, cause=cause)
     log.warning(f"{release}: {reason}: rolling back from {bad or 'the failed revision'} to {target}")
-    new_revision = helm_rollback(deployment.snapshot.repo, deployment.sha, hub, env, target, sops, log.info)
+    new_revision = helm_rollback(session, target)
     return Rollback("done", from_revision=bad, to_revision=target, new_revision=new_revision, cause=cause)

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubploy_dagster.cloud import ClusterLogin, cluster_login, registry_login
+from hubploy_dagster.cloud import ClusterLogin
 from hubploy_dagster.deployment import Deployment, Hub
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.helm import Helm, HelmError, ImageValue, UpgradeRequest, prepare_dependencies
 from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.repo import DeploymentRepo, extract_tar
-from hubploy_dagster.secrets import Masker, Sops, decrypted_files, private_dir, refuse_git_crypt
+from hubploy_dagster.secrets import decrypted_files, private_dir, refuse_git_crypt
+from hubploy_dagster.session import HubSession
 from hubploy_dagster.settings import Settings, current
 from hubploy_dagster.tags import hub_image_tags
 
@@ -100,15 +101,14 @@ def hub_images(repo: DeploymentRepo, deployment: Deployment, hub: Hub) -> list[I
     return [ImageValue(i.helm_substitution_path, i.name, tag) for i, _, tag in hub_image_tags(repo, deployment, hub)]
 
 
-def require_images_in_registry(
-    deployment: Deployment, hub: Hub, images: list[ImageValue], env: str, sops: Sops, masker: Masker
-) -> None:
-    with registry_login(hub, deployment.snapshot, sops, masker) as login:
+def require_images_in_registry(session: HubSession, images: list[ImageValue]) -> None:
+    with session.registry() as login:
         registry = RegistryClient(login.credentials)
         missing = [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
     if missing:
         raise ImageMissingError(
-            f"{', '.join(missing)} not in the registry: the {env} release of {hub.name} at {deployment.sha[:7]} "
+            f"{', '.join(missing)} not in the registry: the {session.env} release of {session.hub.name} at "
+            f"{session.sha[:7]} "
             "needs it, and deploys never build (materialize the hub's image first; prod only runs what staging built)"
         )
 
@@ -132,18 +132,10 @@ class PreparedRelease:
 
 @contextmanager
 def prepared_release(
-    repo: DeploymentRepo,
-    deployment: Deployment,
-    hub: Hub,
-    env: str,
-    sops: Sops,
-    options: DeployOptions,
-    log: Callable[[str], None],
-    masker: Masker,
-    images: list[ImageValue],
-    with_cluster: bool = True,
+    session: HubSession, options: DeployOptions, images: list[ImageValue], with_cluster: bool = True
 ) -> Iterator[PreparedRelease]:
     """The chart and values as committed, secrets decrypted, cluster credentials active: all gone afterwards."""
+    deployment, hub, env, masker = session.deployment, session.hub, session.env, session.masker
     snapshot = deployment.snapshot
     namespace = options.namespace or hub.namespace(env)
     settings = hub.config.helm
@@ -156,13 +148,14 @@ def prepared_release(
     refuse_git_crypt(plain)
     with ExitStack() as stack:
         workdir = stack.enter_context(private_dir("hubploy-deploy-"))
-        chart = extract_folder(repo, deployment.sha, chart_path, workdir / "chart")
-        secret_paths = stack.enter_context(decrypted_files(secret, sops, masker, hub.config.secrets.encryption))
-        login = (
-            stack.enter_context(cluster_login(hub, snapshot, namespace, sops, masker))
-            if with_cluster
-            else ClusterLogin(dict(os.environ), None)
-        )
+        chart = extract_folder(session.repo, deployment.sha, chart_path, workdir / "chart")
+        secret_paths = stack.enter_context(decrypted_files(secret, session.sops, masker, hub.config.secrets.encryption))
+        if with_cluster:
+            cluster = stack.enter_context(session.cluster(namespace))
+            login, helm = cluster.login, cluster.helm
+        else:
+            login = ClusterLogin(dict(os.environ), None)
+            helm = login.helm(masker, session.log)
         plain_paths = []
         for index, (_, content) in enumerate(plain):
             path = workdir / f"values-{index}.yaml"
@@ -186,56 +179,37 @@ def prepared_release(
             dry_run=options.dry_run,
             extra_args=settings.extra_args,
         )
-        helm = login.helm(masker, log)
         dependencies = prepare_dependencies(chart, helm)
         yield PreparedRelease(request, helm, login, chart_path, dependencies, images)
 
 
-def render_hub(
-    repo: DeploymentRepo,
-    deployment: Deployment,
-    hub: Hub,
-    env: str,
-    sops: Sops,
-    log: Callable[[str], None],
-    masker: Masker,
-) -> str:
+def render_hub(session: HubSession) -> str:
     """`helm template` of the hub's release at this commit: checks the values against the chart's schema.
 
     The rendered manifests contain secret values: callers mask them before showing anything.
     """
-    images = hub_images(repo, deployment, hub)
-    with prepared_release(
-        repo, deployment, hub, env, sops, DeployOptions(), log, masker, images, with_cluster=False
-    ) as prepared:
-        purpose = f"helm template of {hub.name} ({env}) at {deployment.sha[:7]} with chart {prepared.chart_path}"
+    images = hub_images(session.repo, session.deployment, session.hub)
+    with prepared_release(session, DeployOptions(), images, with_cluster=False) as prepared:
+        purpose = (
+            f"helm template of {session.hub.name} ({session.env}) at {session.sha[:7]} with chart {prepared.chart_path}"
+        )
         return prepared.helm.run(prepared.request.template_args(), purpose, quiet=True)
 
 
-def deploy_hub(
-    repo: DeploymentRepo,
-    deployment: Deployment,
-    hub: Hub,
-    env: str,
-    sops: Sops,
-    options: DeployOptions,
-    log: Callable[[str], None],
-    masker: Masker | None = None,
-) -> ReleaseResult:
+def deploy_hub(session: HubSession, options: DeployOptions) -> ReleaseResult:
     refuse_secret_printing(options)
-    masker = masker or Masker()
+    hub, env, sha, log = session.hub, session.env, session.sha, session.log
     started = time.monotonic()
-    images = hub_images(repo, deployment, hub)
-    require_images_in_registry(deployment, hub, images, env, sops, masker)
-    with prepared_release(repo, deployment, hub, env, sops, options, log, masker, images) as prepared:
+    images = hub_images(session.repo, session.deployment, hub)
+    require_images_in_registry(session, images)
+    with prepared_release(session, options, images) as prepared:
         request, helm, login = prepared.request, prepared.helm, prepared.login
         log(f"checking the values of {request.release} against chart {prepared.chart_path} (helm template)")
-        helm.run(request.template_args(), f"helm template of {hub.name} ({env}) at {deployment.sha[:7]}", quiet=True)
+        helm.run(request.template_args(), f"helm template of {hub.name} ({env}) at {sha[:7]}", quiet=True)
         if not options.dry_run:
             ensure_namespace(login, request.namespace)
-        if not options.dry_run:
             recover_interrupted_release(helm, request.release, request.namespace, log)
-        log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {deployment.sha[:7]}")
+        log(f"helm upgrade --install {request.release} in namespace {request.namespace} at {sha[:7]}")
         try:
             helm.run(request.upgrade_args(), f"helm upgrade of {request.release} in {request.namespace}")
         except HelmError as exc:
@@ -245,7 +219,7 @@ def deploy_hub(
     return ReleaseResult(
         hub=hub.name,
         env=env,
-        git_sha=deployment.sha,
+        git_sha=sha,
         release=request.release,
         namespace=request.namespace,
         revision=latest.get("revision"),

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from hubploy_dagster.cloud import cluster_login
-from hubploy_dagster.deployment import Hub, load_deployment
-from hubploy_dagster.repo import DeploymentRepo
-from hubploy_dagster.secrets import Masker, Sops
+from hubploy_dagster.session import HubSession
 
 
-def helm_rollback(
-    repo: DeploymentRepo, sha: str, hub: Hub, env: str, revision: int, sops: Sops, log: Callable[[str], None]
-) -> int:
+def helm_rollback(session: HubSession, revision: int) -> int:
     """Roll the release back to `revision`; returns the revision helm created for the rollback."""
-    deployment = load_deployment(repo.snapshot(sha))
-    namespace, release = hub.namespace(env), hub.release_name(env)
-    masker = Masker()
-    with cluster_login(hub, deployment.snapshot, namespace, sops, masker) as login:
-        helm = login.helm(masker, log)
-        args = ["rollback", release, str(revision), "--namespace", namespace, "--wait"]
-        if hub.config.helm.timeout:
-            args += ["--timeout", hub.config.helm.timeout]
-        helm.run(args, f"helm rollback of {release} to revision {revision}")
-        return int(helm.history(release, namespace)[-1]["revision"])
+    release, namespace = session.release, session.namespace
+    args = ["rollback", release, str(revision), "--namespace", namespace, "--wait"]
+    if session.hub.config.helm.timeout:
+        args += ["--timeout", session.hub.config.helm.timeout]
+    with session.cluster() as cluster:
+        cluster.helm.run(args, f"helm rollback of {release} to revision {revision}")
+        return int(cluster.helm.history(release, namespace)[-1]["revision"])

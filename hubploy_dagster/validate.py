@@ -28,6 +28,7 @@ from hubploy_dagster.images import BuildError, recipe_for
 from hubploy_dagster.release import render_hub
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, SecretError, Sops, decrypted_files
+from hubploy_dagster.session import HubSession
 from hubploy_dagster.settings import ENVIRONMENTS
 
 SCHEMA_FAILURE = "values don't meet the specifications of the schema(s)"
@@ -171,7 +172,7 @@ class _HubChecks:
         if failed_files.intersection(reads):
             return 0
         try:
-            render_hub(self.repo, self.deployment, self.hub, env, self.sops, log, self.masker)
+            render_hub(HubSession(self.deployment, self.hub, env, self.sops, log, self.masker))
         except HelmError as exc:
             known = {(p.file, p.key) for p in self.problems}
             self.problems += [p for p in self._helm_problems(env, str(exc), reads) if (p.file, p.key) not in known]

@@ -7,11 +7,12 @@ with an asset subset); the rollback job runs the library's `helm rollback` with 
 import dagster as dg
 from pydantic import Field
 
-from hubploy_dagster.deployment import Hub, load_deployment
+from hubploy_dagster.deployment import Hub
 from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
 from hubploy_dagster.record import Rollback, observation
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.rollback import helm_rollback
+from hubploy_dagster.session import HubSession
 
 
 def deploy_jobs(hubs: list[Hub]) -> list:
@@ -49,8 +50,8 @@ def rollback_hub(
 ) -> None:
     repo = deployment_repo.open()
     sha = repo.resolve(deployment_repo.branch(config.env))
-    hub = load_deployment(repo.snapshot(sha)).hub(config.hub)
-    new_revision = helm_rollback(repo, sha, hub, config.env, config.revision, sops.sops(), context.log.info)
+    session = HubSession.at(repo, sha, config.hub, config.env, sops.sops(), context.log.info)
+    new_revision = helm_rollback(session, config.revision)
     manual = Rollback("manual", to_revision=config.revision, new_revision=new_revision)
     context.log_event(observation(config.hub, config.env, manual))
 

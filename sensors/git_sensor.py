@@ -9,10 +9,10 @@ A run key of hub, environment and sha makes each deploy happen at most once, eve
 """
 
 import json
-import os
 
 import dagster as dg
 
+from hubploy_dagster import settings
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
 from hubploy_dagster.policy import awaiting_promotion, gated_on
@@ -22,7 +22,6 @@ from hubploy_dagster.resources import TAG_BRANCH, TAG_ENV, TAG_GIT_SHA, TAG_HUB
 from hubploy_dagster.sensing import plan_branch, reload_code_location
 
 LOCATION_NAME = "hubploy"
-WEBSERVER_ENV = "HUBPLOY_WEBSERVER_URL"
 
 
 def run_key(hub: str, env: str, sha: str) -> str:
@@ -97,10 +96,12 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
 
 
 def ask_for_reload(context: dg.SensorEvaluationContext, hubs: list[str], branch: str) -> None:
-    webserver = os.environ.get(WEBSERVER_ENV)
+    webserver = settings.current().webserver_url
     names = ", ".join(hubs)
     if not webserver:
-        context.log.warning(f"new hubs on {branch} ({names}) need a reload of the code location; set {WEBSERVER_ENV}")
+        context.log.warning(
+            f"new hubs on {branch} ({names}) need a reload of the code location; set HUBPLOY_WEBSERVER_URL"
+        )
         return
     reload_code_location(webserver, LOCATION_NAME)
     context.log.info(f"new hubs on {branch} ({names}): asked {webserver} to reload the code location")

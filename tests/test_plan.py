@@ -22,6 +22,7 @@ from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.release import DeployOptions, deploy_hub
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.secrets import Sops
+from hubploy_dagster.session import HubSession
 from hubploy_dagster.tags import ImageTagIndex
 from jobs.plan import plan
 
@@ -54,7 +55,9 @@ def two_deployed_hubs(lab: Lab) -> tuple[Lab, str]:
     for name in ("lab", "quiet"):
         hub = deployment.hub(name)
         for _ in range(2):
-            deploy_hub(repo, deployment, hub, "staging", Sops(age_key_file=str(lab.age_key)), DeployOptions(), print)
+            deploy_hub(
+                HubSession(deployment, hub, "staging", Sops(age_key_file=str(lab.age_key)), print), DeployOptions()
+            )
     return lab, sha
 
 

@@ -10,6 +10,7 @@ from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.helm import HelmError
 from hubploy_dagster.release import render_hub
 from hubploy_dagster.secrets import MASK, Masker, Sops
+from hubploy_dagster.session import HubSession
 from hubploy_dagster.tags import tag_from_sha
 
 DEMO_KEY = PROJECT_ROOT / "hubs" / "DEMO-ONLY-age-key.txt"
@@ -22,7 +23,7 @@ def test_example_hubs_render_with_the_real_chart(example_repo: RepoBuilder, char
     deployment = load_deployment(repo.snapshot("HEAD"))
     masker = Masker()
     manifests = render_hub(
-        repo, deployment, deployment.hub(hub_name), env, Sops(age_key_file=str(DEMO_KEY)), print, masker
+        HubSession(deployment, deployment.hub(hub_name), env, Sops(age_key_file=str(DEMO_KEY)), print, masker)
     )
     documents = [d for d in yaml.safe_load_all(manifests) if d]
     kinds = {d["kind"] for d in documents}
@@ -50,7 +51,9 @@ def test_values_schema_error_is_reported_by_template(example_repo: RepoBuilder, 
     masker = Masker()
     with pytest.raises(HelmError) as caught:
         render_hub(
-            repo, deployment, deployment.hub("datahub"), "staging", Sops(age_key_file=str(DEMO_KEY)), print, masker
+            HubSession(
+                deployment, deployment.hub("datahub"), "staging", Sops(age_key_file=str(DEMO_KEY)), print, masker
+            )
         )
     message = str(caught.value)
     assert message.startswith(f"helm template of datahub (staging) at {deployment.sha[:7]} with chart chart failed")

@@ -22,6 +22,7 @@ from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.release import DeployOptions, prepared_release
 from hubploy_dagster.repo import DeploymentRepo, Gitlink, SubmoduleError, resolve_submodule_url
 from hubploy_dagster.secrets import Masker, SecretError, Sops, decrypted_files
+from hubploy_dagster.session import HubSession
 
 SECRET_FILE = "secrets/deployments/{hub}/secrets/staging.yaml"
 GIT_CRYPT_CONTENT = b"\x00GITCRYPT\x00" + bytes(range(1, 200))
@@ -254,7 +255,7 @@ def test_git_crypt_files_are_refused_by_name(tmp_path: Path):
         pytest.raises(
             SecretError, match=r"secrets/deployments/alpha/secrets/staging\.yaml@\w+ is encrypted with git-crypt"
         ),
-        prepared_release(repo, deployment, alpha, "staging", Sops(), options, print, Masker(), [], False),
+        prepared_release(HubSession(deployment, alpha, "staging", Sops(), print), options, [], False),
     ):
         pytest.fail("a git-crypt file reached the release")
 
@@ -264,6 +265,6 @@ def test_git_crypt_files_are_refused_by_name(tmp_path: Path):
     deployment = load_deployment(repo.snapshot(plain))
     with (
         pytest.raises(SecretError, match=r"hubs/alpha/config/staging\.yaml@\w+ is encrypted with git-crypt.*sops"),
-        prepared_release(repo, deployment, alpha, "staging", Sops(), options, print, Masker(), [], False),
+        prepared_release(HubSession(deployment, alpha, "staging", Sops(), print), options, [], False),
     ):
         pytest.fail("a git-crypt values file reached the release")
