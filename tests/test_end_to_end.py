@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,62 +138,92 @@ class Deployments:
         return [o for o in self.dev.observations(f"{hub}/prod") if o["metadata"].get("promotion") == "refused"]
 
 
-def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
-    repo_builder: RepoBuilder,
-    registry,
-    k8s_cluster,
-    chart_cache: Path,
-    dagster_dev: DagsterDevLauncher,
-    chromium: Chromium,
-    tmp_path: Path,
-):
-    """1. the first start deploys both hubs to staging, then prod (promotion gate passed); 2. a push touching one
-    hub is built, deployed and checked, one run, that hub only; 3. merging it into prod promotes it; 4. two quick
-    pushes for one hub run one after the other; 6. a hub added to the repository is deployed (code location reloaded by
-    the sensor, nothing restarted); 5. the UI draws the asset graph of all three hubs (screenshot and DOM)."""
-    began = time.monotonic()
-    timings: dict[str, float] = {}
+@dataclass
+class Scenario:
+    """The test's state from step to step: the dagster dev it watches, the repository it pushes to, what it saw."""
 
-    def lap(name: str) -> None:
-        timings[name] = round(time.monotonic() - began, 1)
+    dev: DagsterDev
+    seen: Deployments
+    builder: RepoBuilder
+    origin: Path
+    namespaces: dict[tuple[str, str], str]
+    image_prefix: str
+    began: float
+    timings: dict[str, float] = field(default_factory=dict)
+    # The commits, in the order they are pushed: sha0 the initial one, sha1 step 2, sha2 and sha3 step 4, sha4 step 5.
+    sha0: str = ""
+    sha1: str = ""
+    sha2: str = ""
+    sha3: str = ""
+    sha4: str = ""
+    before: set[str] = field(default_factory=set)  # the run ids after the first start
+    observed_order: dict[str, dict[str, Any]] = field(default_factory=dict)
+    later: dict[tuple[str, str, str], dict] = field(default_factory=dict)  # the runs of steps 2, 3 and 4
+    added: dict[tuple[str, str, str], dict] = field(default_factory=dict)  # the runs of step 5
+    screenshot: Path = ARTIFACTS / "end_to_end_asset_graph.png"
+    summary: Any = None
 
-    test_id = uuid.uuid4().hex[:8]
-    image_prefix = f"{registry.host}/e2e-{test_id}"
-    namespaces = {
-        (hub, env): k8s_cluster.new_namespace_name(f"e2e-{hub}-{env}") for hub in (*HUBS, NEW_HUB) for env in ENVS
-    }
-
-    # The deployment repository: a bare "remote", pushed to from a work clone, as operators do.
-    builder = repo_builder
-    write_hubs(builder, image_prefix, namespaces)
-    sha0 = builder.commit("the example hubs")
-    origin = tmp_path / "deployment.git"
-    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=staging", str(origin)], check=True)
-    push(builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
-
-    env = k8s_cluster.helm_env()
-    env.update(
-        {
-            "HUBPLOY_REPO": str(origin),
-            "HUBPLOY_SENSOR_INTERVAL": str(SENSOR_INTERVAL_S),
-            "SOPS_AGE_KEY_FILE": str(DEMO_KEY),
-            "HUBPLOY_CHART_CACHE": str(chart_cache),
-            "HUBPLOY_BUILD_ARGS": "BASE_IMAGE=hubploy-dagster/base:busybox",
+    @classmethod
+    def start(
+        cls,
+        began: float,
+        builder: RepoBuilder,
+        registry,
+        k8s_cluster,
+        chart_cache: Path,
+        dagster_dev: DagsterDevLauncher,
+        tmp_path: Path,
+        stack: contextlib.ExitStack,
+    ) -> Scenario:
+        """The deployment repository with the example hubs, pushed to a bare origin, and dagster dev watching it."""
+        test_id = uuid.uuid4().hex[:8]
+        image_prefix = f"{registry.host}/e2e-{test_id}"
+        namespaces = {
+            (hub, env): k8s_cluster.new_namespace_name(f"e2e-{hub}-{env}") for hub in (*HUBS, NEW_HUB) for env in ENVS
         }
-    )
-    dagster_dev.keep_logs = ARTIFACTS / "end_to_end_dagster_dev.log"
-    with contextlib.ExitStack() as stack:
+
+        # The deployment repository: a bare "remote", pushed to from a work clone, as operators do.
+        write_hubs(builder, image_prefix, namespaces)
+        sha0 = builder.commit("the example hubs")
+        origin = tmp_path / "deployment.git"
+        subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=staging", str(origin)], check=True)
+        push(builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
+
+        env = k8s_cluster.helm_env()
+        env.update(
+            {
+                "HUBPLOY_REPO": str(origin),
+                "HUBPLOY_SENSOR_INTERVAL": str(SENSOR_INTERVAL_S),
+                "SOPS_AGE_KEY_FILE": str(DEMO_KEY),
+                "HUBPLOY_CHART_CACHE": str(chart_cache),
+                "HUBPLOY_BUILD_ARGS": "BASE_IMAGE=hubploy-dagster/base:busybox",
+            }
+        )
+        dagster_dev.keep_logs = ARTIFACTS / "end_to_end_dagster_dev.log"
         stack.callback(remove_local_images, image_prefix)
 
         dev = dagster_dev.start(env, base={})
-        lap("dagster dev serving")
-        seen = Deployments(dev)
+        scenario = cls(dev, Deployments(dev), builder, origin, namespaces, image_prefix, began, sha0=sha0)
+        scenario.lap("dagster dev serving")
+        return scenario
 
-        # 1. First start: the sensor deploys both hubs to staging and prod from the initial commit.
+    def lap(self, name: str) -> None:
+        self.timings[name] = round(time.monotonic() - self.began, 1)
+
+    def new_runs(self, before: set[str]) -> set[tuple[str, str, str]]:
+        """(hub, env, sha) of the runs whose ids are not in `before`."""
+        return {
+            (r["tags"]["hub"], r["tags"]["env"], r["tags"]["git_sha"])
+            for r in self.dev.runs()
+            if r["runId"] not in before
+        }
+
+    def first_start(self) -> None:
+        """1. First start: the sensor deploys both hubs to staging and prod from the initial commit."""
+        dev, seen, sha0 = self.dev, self.seen, self.sha0
         first = seen.wait_finished([(hub, e, sha0) for hub in HUBS for e in ENVS], "the first deploys")
-        lap("1. first deploys")
+        self.lap("1. first deploys")
         assert len(dev.runs()) == 4, dev.diagnostics()
-        observed_order = {}
         for hub in HUBS:
             staging, prod = first[hub, "staging", sha0], first[hub, "prod", sha0]
             assert staging["tags"]["branch"] == "staging" and prod["tags"]["branch"] == "prod"
@@ -200,15 +231,15 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
             assert prod["assets"] == [f"{hub}/prod"]
             image = seen.materialization(f"{hub}/image", staging["runId"])
             assert image["git_sha"] == sha0 and image["built"] is True, image
-            assert image["image"].startswith(f"{image_prefix}/{hub}-user-image:"), image
+            assert image["image"].startswith(f"{self.image_prefix}/{hub}-user-image:"), image
             released = seen.materialization(f"{hub}/staging", staging["runId"])
-            assert released["git_sha"] == sha0 and released["namespace"] == namespaces[hub, "staging"], released
+            assert released["git_sha"] == sha0 and released["namespace"] == self.namespaces[hub, "staging"], released
             seen.checks_passed(f"{hub}/staging", staging["runId"])
             # The promotion gate: prod deployed (not refused), after staging's checks had passed.
             assert not seen.refused_promotions(hub), seen.refused_promotions(hub)
             promoted = seen.materialization(f"{hub}/prod", prod["runId"])
             assert promoted["git_sha"] == sha0 and promoted["fingerprint"] == released["fingerprint"]
-            assert promoted["namespace"] == namespaces[hub, "prod"], promoted
+            assert promoted["namespace"] == self.namespaces[hub, "prod"], promoted
             seen.checks_passed(f"{hub}/prod", prod["runId"])
             healthy = [
                 o
@@ -217,20 +248,22 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
             ]
             assert healthy and healthy[-1]["runId"] == staging["runId"], healthy
             assert prod["startTime"] >= staging["endTime"], (staging, prod)
-            observed_order[hub] = {
+            self.observed_order[hub] = {
                 "staging_created": staging["creationTime"],
                 "prod_created": prod["creationTime"],
                 "staging_end": staging["endTime"],
                 "prod_start": prod["startTime"],
             }
-        before = {run["runId"] for run in dev.runs()}
+        self.before = {run["runId"] for run in dev.runs()}
 
-        # 2. A push to staging that changes one hub (its staging values and its image): the sensor requests one
-        # run, for that hub at that commit, and nothing else.
+    def one_hub_change(self) -> None:
+        """2. A push to staging that changes one hub (its staging values and its image): the sensor requests one
+        run, for that hub at that commit, and nothing else."""
+        dev, seen, builder = self.dev, self.seen, self.builder
         edit(builder, "hubs/datahub/config/staging.yaml", "# end-to-end test: a staging values change")
         edit(builder, "hubs/datahub/image/environment.yml", "# end-to-end test: an image change")
-        sha1 = builder.commit("datahub: staging values and image")
-        push(builder, origin, "staging:refs/heads/staging")
+        self.sha1 = sha1 = builder.commit("datahub: staging values and image")
+        push(builder, self.origin, "staging:refs/heads/staging")
         run1 = dev.wait_for("the run of the datahub change", lambda: seen.runs_for("datahub", "staging", sha1), WAIT_S)[
             0
         ]
@@ -242,25 +275,28 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
             WAIT_S,
         )
         assert tick["runIds"] == [run1["runId"]], tick
-        assert [r["runId"] for r in dev.runs() if r["runId"] not in before] == [run1["runId"]], dev.diagnostics()
-        lap("2. one-hub change requested")
+        assert [r["runId"] for r in dev.runs() if r["runId"] not in self.before] == [run1["runId"]], dev.diagnostics()
+        self.lap("2. one-hub change requested")
 
-        # 3. Staging merged into prod right away, while that run is still queued or going: the prod run waits for it
-        # (one run per hub at a time) and promotes what passed staging's checks.
+    def merge_and_quick_pushes(self) -> None:
+        """3. Staging merged into prod right away, while that run is still queued or going: the prod run waits for it
+        (one run per hub at a time) and promotes what passed staging's checks. 4. Meanwhile two quick pushes to
+        staging for research: their runs run one after the other, never together. Steps 2, 3 and 4 are waited for
+        together."""
+        dev, seen, builder, origin, sha1 = self.dev, self.seen, self.builder, self.origin, self.sha1
         push(builder, origin, f"{sha1}:refs/heads/prod")
-        # 4. Meanwhile two quick pushes to staging for research: their runs run one after the other, never together.
-        # The first gives research a hub pod that takes 20 s to become ready (the kwok node's pod-ready delay), so
-        # its deploy is still going when the second push is requested.
+        # The first quick push gives research a hub pod that takes 20 s to become ready (the kwok node's pod-ready
+        # delay), so its deploy is still going when the second push is requested.
         slow_start(builder.path / "hubs/research/config/staging.yaml", "20s")
-        sha2 = builder.commit("research: first quick change")
+        self.sha2 = sha2 = builder.commit("research: first quick change")
         push(builder, origin, "staging:refs/heads/staging")
         dev.wait_for(
             "the run of the first quick push", lambda: seen.runs_for("research", "staging", sha2), WAIT_S
         )  # seen by a sensor tick: the second push comes while its run is queued or going
         edit(builder, "hubs/research/config/staging.yaml", "# end-to-end test: second quick push")
-        sha3 = builder.commit("research: second quick change")
+        self.sha3 = sha3 = builder.commit("research: second quick change")
         push(builder, origin, "staging:refs/heads/staging")
-        later = seen.wait_finished(
+        self.later = later = seen.wait_finished(
             [
                 ("datahub", "staging", sha1),
                 ("datahub", "prod", sha1),
@@ -269,13 +305,16 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
             ],
             "the datahub change, its promotion and the two quick pushes",
         )
-        lap("2+3+4. deploys, promotion and quick pushes done")
-        new = {
-            (r["tags"]["hub"], r["tags"]["env"], r["tags"]["git_sha"]) for r in dev.runs() if r["runId"] not in before
-        }
+        self.lap("2+3+4. deploys, promotion and quick pushes done")
+        new = self.new_runs(self.before)
         assert new == set(later), f"{new} != {set(later)}"  # no research run for sha1, no datahub run for sha2/sha3
+        self.check_merge()
+        self.check_quick_pushes()
 
-        run1 = later["datahub", "staging", sha1]
+    def check_merge(self) -> None:
+        """The datahub change (step 2) was built, deployed and checked on staging, then promoted to prod (step 3)."""
+        seen, sha1 = self.seen, self.sha1
+        run1 = self.later["datahub", "staging", sha1]
         assert {k: run1["tags"][k] for k in ("hub", "env", "git_sha", "branch")} == {
             "hub": "datahub",
             "env": "staging",
@@ -290,7 +329,7 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
         assert staging1["git_sha"] == sha1 and image1["tag"] in staging1["image"], staging1
         seen.checks_passed("datahub/staging", run1["runId"])
 
-        prod1 = later["datahub", "prod", sha1]
+        prod1 = self.later["datahub", "prod", sha1]
         assert prod1["tags"]["branch"] == "prod" and prod1["assets"] == ["datahub/prod"]
         assert prod1["startTime"] >= run1["endTime"], (run1, prod1)
         promoted1 = seen.materialization("datahub/prod", prod1["runId"])
@@ -299,80 +338,116 @@ def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
         assert not seen.refused_promotions("datahub")
         seen.checks_passed("datahub/prod", prod1["runId"])
 
-        first_push, second_push = later["research", "staging", sha2], later["research", "staging", sha3]
+    def check_quick_pushes(self) -> None:
+        """The two quick pushes for research (step 4) ran one after the other, each deployed and checked."""
+        first_push, second_push = (
+            self.later["research", "staging", self.sha2],
+            self.later["research", "staging", self.sha3],
+        )
         # The second run was requested while the first was still going, and started only after it ended.
         assert second_push["creationTime"] < first_push["endTime"], (first_push, second_push)
         assert second_push["startTime"] >= first_push["endTime"], (first_push, second_push)
-        for sha, run in ((sha2, first_push), (sha3, second_push)):
+        for sha, run in ((self.sha2, first_push), (self.sha3, second_push)):
             assert run["assets"] == ["research/image", "research/staging"]
-            assert seen.materialization("research/staging", run["runId"])["git_sha"] == sha
-            seen.checks_passed("research/staging", run["runId"])
+            assert self.seen.materialization("research/staging", run["runId"])["git_sha"] == sha
+            self.seen.checks_passed("research/staging", run["runId"])
 
-        # 6. A hub added to the repository while everything runs: the code location does not know it; the sensor
-        # asks the webserver to reload it and requests the new hub's deploy on a later tick, staging first, prod once
-        # staging's checks passed. Nothing is restarted: the same dagster dev process serves throughout.
+    def new_hub(self) -> None:
+        """5. A hub added to the repository while everything runs: the code location does not know it; the sensor
+        asks the webserver to reload it and requests the new hub's deploy on a later tick, staging first, prod once
+        staging's checks passed. Nothing is restarted: the same dagster dev process serves throughout."""
+        dev, seen = self.dev, self.seen
         assert not dev.materializations(f"{NEW_HUB}/staging") and NEW_HUB not in location_hubs(dev)
         before = {run["runId"] for run in dev.runs()}
-        write_hub(builder, NEW_HUB, "research", image_prefix, namespaces)
-        sha4 = builder.commit(f"{NEW_HUB}: a new hub")
-        push(builder, origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
-        added = seen.wait_finished(
+        write_hub(self.builder, NEW_HUB, "research", self.image_prefix, self.namespaces)
+        self.sha4 = sha4 = self.builder.commit(f"{NEW_HUB}: a new hub")
+        push(self.builder, self.origin, "staging:refs/heads/staging", "staging:refs/heads/prod")
+        self.added = added = seen.wait_finished(
             [(NEW_HUB, "staging", sha4), (NEW_HUB, "prod", sha4), ("research", "prod", sha4)],
             "the new hub's deploys (and research's promotion of the quick pushes)",
         )
-        lap("6. new hub deployed")
+        self.lap("5. new hub deployed")
         assert dev.process.poll() is None and NEW_HUB in location_hubs(dev)
-        new = {
-            (r["tags"]["hub"], r["tags"]["env"], r["tags"]["git_sha"]) for r in dev.runs() if r["runId"] not in before
-        }
+        new = self.new_runs(before)
         assert new == set(added), f"{new} != {set(added)}"  # datahub untouched, research staging already there
         new_staging, new_prod = added[NEW_HUB, "staging", sha4], added[NEW_HUB, "prod", sha4]
         assert new_staging["assets"] == [f"{NEW_HUB}/image", f"{NEW_HUB}/staging"], new_staging
         assert new_prod["startTime"] >= new_staging["endTime"], (new_staging, new_prod)
         released4 = seen.materialization(f"{NEW_HUB}/staging", new_staging["runId"])
-        assert released4["namespace"] == namespaces[NEW_HUB, "staging"] and released4["git_sha"] == sha4
+        assert released4["namespace"] == self.namespaces[NEW_HUB, "staging"] and released4["git_sha"] == sha4
         seen.checks_passed(f"{NEW_HUB}/staging", new_staging["runId"])
         promoted4 = seen.materialization(f"{NEW_HUB}/prod", new_prod["runId"])
         assert promoted4["fingerprint"] == released4["fingerprint"], (released4, promoted4)
         research_prod = seen.materialization("research/prod", added["research", "prod", sha4]["runId"])
+        second_push = self.later["research", "staging", self.sha3]
         assert (
             research_prod["fingerprint"]
             == seen.materialization("research/staging", second_push["runId"])["fingerprint"]
         )  # prod got the configuration of the second quick push, which passed staging
 
-        # 5. The asset graph in the UI: every hub's group expanded, every asset drawn.
+    def asset_graph(self, chromium: Chromium) -> None:
+        """6. The asset graph in the UI: every hub's group expanded, every asset drawn."""
         groups = ",".join(f"global@global:{hub}" for hub in (*HUBS, NEW_HUB))
-        url = f"{dev.url}/asset-groups?expanded={groups}"
-        screenshot = ARTIFACTS / "end_to_end_asset_graph.png"
-        dom = chromium.capture(url, screenshot)
+        url = f"{self.dev.url}/asset-groups?expanded={groups}"
+        dom = chromium.capture(url, self.screenshot)
         (ARTIFACTS / "end_to_end_asset_graph.html").write_text(dom)
-        summary = png_summary(screenshot)
+        self.summary = summary = png_summary(self.screenshot)
         assert (summary.width, summary.height) == (1600, 1000), summary
         assert summary.colours > 50 and summary.foreground_fraction > 0.02, summary
         assert "Global asset lineage" in dom, dom[:2000]
         for hub in (*HUBS, NEW_HUB):
             for asset in ("image", "staging", "prod"):
                 assert f"{hub}/{asset}" in dom or f"{hub}%2F{asset}" in dom, f"{hub}/{asset} not on the page"
-        lap("5. screenshot and DOM")
+        self.lap("6. screenshot and DOM")
 
-    report = {
-        "timings_s": timings,
-        "first_start_order": observed_order,
-        "merge_right_after_push": {
-            "staging": {f: run1[f] for f in ("creationTime", "startTime", "endTime")},
-            "prod": {f: prod1[f] for f in ("creationTime", "startTime", "endTime")},
-        },
-        "quick_pushes": {
-            k: {f: later["research", "staging", s][f] for f in ("creationTime", "startTime", "endTime")}
-            for k, s in (("first", sha2), ("second", sha3))
-        },
-        "new_hub": {
-            env: {f: added[NEW_HUB, env, sha4][f] for f in ("creationTime", "startTime", "endTime")} for env in ENVS
-        },
-        "screenshot": {"path": str(screenshot), "colours": summary.colours, "foreground": summary.foreground_fraction},
-    }
-    (ARTIFACTS / "end_to_end_report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    def report(self) -> None:
+        """end_to_end_report.json in the artifacts: the timings and the run times each step relied on."""
+        times = ("creationTime", "startTime", "endTime")
+        later, summary = self.later, self.summary
+        report = {
+            "timings_s": self.timings,
+            "first_start_order": self.observed_order,
+            "merge_right_after_push": {
+                "staging": {f: later["datahub", "staging", self.sha1][f] for f in times},
+                "prod": {f: later["datahub", "prod", self.sha1][f] for f in times},
+            },
+            "quick_pushes": {
+                k: {f: later["research", "staging", s][f] for f in times}
+                for k, s in (("first", self.sha2), ("second", self.sha3))
+            },
+            "new_hub": {env: {f: self.added[NEW_HUB, env, self.sha4][f] for f in times} for env in ENVS},
+            "screenshot": {
+                "path": str(self.screenshot),
+                "colours": summary.colours,
+                "foreground": summary.foreground_fraction,
+            },
+        }
+        (ARTIFACTS / "end_to_end_report.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+
+
+def test_pushes_are_deployed_by_the_sensor_of_a_real_dagster_dev(
+    repo_builder: RepoBuilder,
+    registry,
+    k8s_cluster,
+    chart_cache: Path,
+    dagster_dev: DagsterDevLauncher,
+    chromium: Chromium,
+    tmp_path: Path,
+):
+    """1. the first start deploys both hubs to staging, then prod (promotion gate passed); 2. a push touching one
+    hub is built, deployed and checked, one run, that hub only; 3. merging it into prod promotes it; 4. two quick
+    pushes for one hub run one after the other; 5. a hub added to the repository is deployed (code location reloaded by
+    the sensor, nothing restarted); 6. the UI draws the asset graph of all three hubs (screenshot and DOM)."""
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        scenario = Scenario.start(began, repo_builder, registry, k8s_cluster, chart_cache, dagster_dev, tmp_path, stack)
+        scenario.first_start()
+        scenario.one_hub_change()
+        scenario.merge_and_quick_pushes()
+        scenario.new_hub()
+        scenario.asset_graph(chromium)
+    scenario.report()
 
 
 def location_hubs(dev: DagsterDev) -> set[str]:
