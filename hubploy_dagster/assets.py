@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from hubploy_dagster.build import BuildPlan, build_hub_images
+from hubploy_dagster.build import BuildRequest, build_hub_images
 from hubploy_dagster.checks import release_health_checks
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
@@ -80,7 +80,7 @@ def image_asset(hub: Hub) -> dg.AssetsDefinition:
                 deployment.hub(hub.name),
                 docker_engine.client(),
                 sops.sops(),
-                BuildPlan(options),
+                BuildRequest(options),
                 context.log.info,
             )
         except RegistryAuthError:

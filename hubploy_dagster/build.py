@@ -22,7 +22,7 @@ from hubploy_dagster.tags import hub_image_tags
 
 
 @dataclass(frozen=True)
-class BuildPlan:
+class BuildRequest:
     """What `hubploy build` decides: which images, and whether the registry or a commit range says to build."""
 
     options: BuildOptions = field(default_factory=BuildOptions)
@@ -41,7 +41,7 @@ def build_hub_images(
     hub: Hub,
     docker_client: docker.DockerClient,
     sops: Sops,
-    plan: BuildPlan,
+    plan: BuildRequest,
     log: Callable[[str], None],
     masker: Masker | None = None,
 ) -> list[ImageResult]:

@@ -22,13 +22,22 @@ from hubploy_dagster.repo import DeploymentRepo, folders_of
 
 @dataclass(frozen=True)
 class ChangeSet:
+    """The hubs a move from `old` to `new` changes, and the deployment at `new` they are read from."""
+
+    after: Deployment
     old: str | None
-    new: str
     changed: list[str]
     removed: list[str]
     added: list[str] = field(default_factory=list)
     force_push: bool = False
-    problems: list[ConfigProblem] = field(default_factory=list)
+
+    @property
+    def new(self) -> str:
+        return self.after.sha
+
+    @property
+    def problems(self) -> list[ConfigProblem]:
+        return self.after.problems
 
     def to_json(self) -> dict:
         return {
@@ -43,16 +52,19 @@ class ChangeSet:
 
 
 def change_set(repo: DeploymentRepo, old: str | None, new: str) -> ChangeSet:
-    """The hubs to deploy when a branch moves from `old` (None: never deployed) to `new`."""
+    """The hubs to deploy when a branch moves from `old` (None: never deployed) to `new`.
+
+    The one answer to "which hubs does this move change": the git sensor, `hubploy plan` and `hubploy
+    changed` all ask it.
+    """
     after = load_deployment(repo.snapshot(new))
     if old is None:
         names = sorted(after.hubs)
-        return ChangeSet(None, after.sha, changed=names, removed=[], added=names, problems=after.problems)
-    before = load_deployment(repo.snapshot(old))
-    return compare(repo, before, after)
+        return ChangeSet(after, None, changed=names, removed=[], added=names)
+    return _compare(repo, load_deployment(repo.snapshot(old)), after)
 
 
-def compare(repo: DeploymentRepo, before: Deployment, after: Deployment) -> ChangeSet:
+def _compare(repo: DeploymentRepo, before: Deployment, after: Deployment) -> ChangeSet:
     paths = repo.changed_paths(before.sha, after.sha) if before.sha != after.sha else []
     touched = set(paths) | folders_of(paths)
     changed, added = [], []
@@ -67,13 +79,12 @@ def compare(repo: DeploymentRepo, before: Deployment, after: Deployment) -> Chan
     known_after = set(after.hubs) | set(after.invalid)
     removed = sorted(known_before - known_after)
     return ChangeSet(
+        after,
         old=before.sha,
-        new=after.sha,
         changed=changed,
         removed=removed,
         added=added,
         force_push=not repo.is_ancestor(before.sha, after.sha),
-        problems=after.problems,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from hubploy_dagster.build import BuildPlan, build_hub_images
+from hubploy_dagster.build import BuildRequest, build_hub_images
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
@@ -184,7 +184,7 @@ def build(
         deployment.hub(hub),
         docker_client(docker_host or settings.docker_host),
         Sops(),
-        BuildPlan(options, only_images=list(images), commit_range=commit_range),
+        BuildRequest(options, only_images=list(images), commit_range=commit_range),
         lambda line: click.echo(line, err=True),
     )
     for result in results:

@@ -28,9 +28,9 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from hubploy_dagster.changes import compare
+from hubploy_dagster.changes import change_set
 from hubploy_dagster.cloud import registry_login
-from hubploy_dagster.deployment import Deployment, Hub, load_deployment
+from hubploy_dagster.deployment import Deployment, Hub
 from hubploy_dagster.errors import ConfigProblem, HubployError
 from hubploy_dagster.helm import ImageValue
 from hubploy_dagster.registry import RegistryClient
@@ -86,7 +86,7 @@ class HubPlan:
 
 
 @dataclass
-class Plan:
+class DeployPlan:
     env: str
     old: str | None
     new: str
@@ -150,15 +150,12 @@ def branch_head(repo: DeploymentRepo, branch: str) -> str:
 
 def plan_deploy(
     repo: DeploymentRepo, env: str, new: str, old: str | None, sops: Sops, log: Callable[[str], None]
-) -> Plan:
-    after = load_deployment(repo.snapshot(new))
-    plan = Plan(env, None, after.sha, problems=after.problems)
-    candidates = sorted(after.hubs)
-    if old is not None:
-        changes = compare(repo, load_deployment(repo.snapshot(old)), after)
-        plan.old, candidates, plan.removed = changes.old, changes.changed, changes.removed
+) -> DeployPlan:
+    changes = change_set(repo, old, new)
+    after = changes.after
+    plan = DeployPlan(env, changes.old, after.sha, removed=changes.removed, problems=after.problems)
     planner = _HubPlanner(repo, after, env, sops, log)
-    for name in candidates:
+    for name in changes.changed:
         hub = after.hubs[name]
         images = hub_images(repo, after, hub)
         hub_plan = planner.plan(hub, images)

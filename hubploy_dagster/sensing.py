@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from hubploy_dagster.changes import compare
-from hubploy_dagster.deployment import load_deployment
+from hubploy_dagster.changes import change_set
 from hubploy_dagster.errors import ConfigProblem
 from hubploy_dagster.repo import DeploymentRepo
 
@@ -27,8 +26,8 @@ mutation Reload($location: String!) {
 
 
 @dataclass
-class BranchPlan:
-    """The outcome of one branch's move: hubs to deploy at `new`, and what the operator must be told."""
+class BranchMove:
+    """What one branch's move deploys: hubs to deploy at `new`, and what the operator must be told."""
 
     env: str
     branch: str
@@ -42,7 +41,7 @@ class BranchPlan:
     fingerprints: dict[str, str] = field(default_factory=dict)
 
 
-def plan_branch(
+def branch_move(
     repo: DeploymentRepo,
     env: str,
     branch: str,
@@ -50,24 +49,20 @@ def plan_branch(
     new: str,
     deployed_fingerprint: Callable[[str], str | None],  # hub -> what its last release deployed
     known_hubs: set[str],
-) -> BranchPlan:
+) -> BranchMove:
     """Which hubs the move of `branch` from `old` to `new` deploys to `env`."""
-    after = load_deployment(repo.snapshot(new))
-    plan = BranchPlan(env, branch, old, new, problems=after.problems)
-    if old is None or not _known_commit(repo, old):
-        candidates = sorted(after.hubs)
-    else:
-        changes = compare(repo, load_deployment(repo.snapshot(old)), after)
-        candidates, plan.removed = changes.changed, changes.removed
-    plan.fingerprints = {name: after.fingerprint(hub) for name, hub in after.hubs.items()}
-    for name in candidates:
-        if deployed_fingerprint(name) == plan.fingerprints[name]:
-            plan.up_to_date.append(name)
+    changes = change_set(repo, old if old is not None and _known_commit(repo, old) else None, new)
+    after = changes.after
+    move = BranchMove(env, branch, old, new, removed=changes.removed, problems=after.problems)
+    move.fingerprints = {name: after.fingerprint(hub) for name, hub in after.hubs.items()}
+    for name in changes.changed:
+        if deployed_fingerprint(name) == move.fingerprints[name]:
+            move.up_to_date.append(name)
         elif name not in known_hubs:
-            plan.unknown.append(name)
+            move.unknown.append(name)
         else:
-            plan.deploy.append(name)
-    return plan
+            move.deploy.append(name)
+    return move
 
 
 def _known_commit(repo: DeploymentRepo, sha: str) -> bool:

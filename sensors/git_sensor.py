@@ -19,7 +19,7 @@ from hubploy_dagster.policy import awaiting_promotion, gated_on
 from hubploy_dagster.record import DeployRecord
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
 from hubploy_dagster.resources import TAG_BRANCH, TAG_ENV, TAG_GIT_SHA, TAG_HUB
-from hubploy_dagster.sensing import plan_branch, reload_code_location
+from hubploy_dagster.sensing import branch_move, reload_code_location
 
 LOCATION_NAME = "hubploy"
 
@@ -70,20 +70,20 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
             branch, new = moved[env], heads[moved[env]]
 
             deployed = record.deployed_fingerprints(sorted(known), env)
-            plan = plan_branch(repo, env, branch, cursor.get(branch), new, deployed.get, known)
-            for problem in plan.problems:
+            move = branch_move(repo, env, branch, cursor.get(branch), new, deployed.get, known)
+            for problem in move.problems:
                 context.log.error(f"{branch}@{new[:7]}: {problem}")
-            for hub in plan.removed:
+            for hub in move.removed:
                 context.log.warning(
                     f"hub {hub} was removed from {branch} at {new[:7]}: its {env} release is left as it is"
                 )
-            if plan.up_to_date:
-                context.log.info(f"{branch}@{new[:7]}: already deployed as committed: {', '.join(plan.up_to_date)}")
-            if plan.unknown:
-                ask_for_reload(context, plan.unknown, branch)
+            if move.up_to_date:
+                context.log.info(f"{branch}@{new[:7]}: already deployed as committed: {', '.join(move.up_to_date)}")
+            if move.unknown:
+                ask_for_reload(context, move.unknown, branch)
                 continue  # the cursor stays: this move is planned again once the new hubs have assets
-            waiting = awaiting_promotion(record, plan.deploy, env, plan.fingerprints)
-            requests += [deploy_request(hub, env, branch, new) for hub in plan.deploy if hub not in waiting]
+            waiting = awaiting_promotion(record, move.deploy, env, move.fingerprints)
+            requests += [deploy_request(hub, env, branch, new) for hub in move.deploy if hub not in waiting]
             if waiting:  # the cursor stays: planned again next tick; requests already made repeat no run (run keys)
                 context.log.info(
                     f"{branch}@{new[:7]}: waiting for {gated_on(env)} checks of {', '.join(waiting)} to promote them"
