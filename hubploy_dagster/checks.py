@@ -7,7 +7,6 @@ check passes, the revision and the hub's configuration fingerprint are recorded 
 record), which is what rollback returns to and what the promotion gate asks of the next environment.
 """
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import yaml
 
 from hubploy_dagster.config import CheckSettings
 from hubploy_dagster.deployment import Hub
-from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user
+from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user, sleep_backoff
 from hubploy_dagster.health_cluster import check_release, check_workloads
 from hubploy_dagster.keys import group_name, release_key
 from hubploy_dagster.policy import roll_back
@@ -25,6 +24,7 @@ from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.secrets import decrypted_files
 from hubploy_dagster.session import HubSession
 
+BACKOFF_SECONDS = 2.0
 CHECK_NAMES = ("release_deployed", "workloads_ready", "hub_api", "test_user_server")
 
 
@@ -46,15 +46,13 @@ def enabled_checks(hub: Hub, env: str) -> dict[str, CheckSettings]:
 
 
 def retried(check: Callable[[], CheckOutcome], settings: CheckSettings) -> CheckOutcome:
-    """Retry a cluster check within its time budget: new pods take a while to become ready."""
-    deadline = time.monotonic() + settings.timeout_seconds
-    attempt = 0
-    while True:
-        attempt += 1
+    """A cluster check, retried as the API checks are (`sleep_backoff`): new pods take a while to become ready."""
+    for attempt in range(1, settings.retries + 2):
+        sleep_backoff(attempt, BACKOFF_SECONDS)
         outcome = check()
-        if outcome.passed or attempt > settings.retries or time.monotonic() >= deadline:
-            return CheckOutcome(outcome.passed, outcome.description, {**outcome.metadata, "attempts": attempt})
-        time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
+        if outcome.passed:
+            break
+    return CheckOutcome(outcome.passed, outcome.description, {**outcome.metadata, "attempts": attempt})
 
 
 def admin_token(session: HubSession, path: str) -> str | None:
@@ -134,7 +132,8 @@ def run_checks(session: HubSession, recorded: Release, checks: dict[str, CheckSe
                 checks["release_deployed"],
             ),
             "workloads_ready": lambda: retried(
-                lambda: check_workloads(cluster.login, release, namespace), checks["workloads_ready"]
+                lambda: check_workloads(cluster.login, release, namespace, checks["workloads_ready"].timeout_seconds),
+                checks["workloads_ready"],
             ),
             "hub_api": lambda: check_hub_api(url, checks["hub_api"].timeout_seconds, checks["hub_api"].retries),
             "test_user_server": lambda: user_server_outcome(session, url),

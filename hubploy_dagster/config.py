@@ -215,13 +215,13 @@ class EnvironmentSettings(Strict):
 class CheckSettings(Strict):
     enabled: bool = True
     blocking: bool = True
-    timeout_seconds: int = Field(300, gt=0)
-    retries: int = Field(2, ge=0)
+    timeout_seconds: int = Field(300, gt=0, description="The time one attempt may take")
+    retries: int = Field(2, ge=0, description="More attempts after a failed one, 2 s apart, doubling")
 
 
 class UserServerCheckSettings(CheckSettings):
     enabled: bool = False
-    timeout_seconds: int = Field(600, gt=0)
+    timeout_seconds: int = Field(600, gt=0, description="The time one attempt may take")
     username: NonEmpty = "hubploy-health-check"
     token_values_path: NonEmpty = Field(
         "jupyterhub.hub.services.hubploy-health.apiToken",

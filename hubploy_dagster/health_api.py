@@ -161,8 +161,12 @@ def _request(
     return response
 
 
-def _sleep_backoff(attempt: int, backoff_seconds: float) -> None:
-    """Before attempt 2, 3, ...: backoff_seconds, then doubling (capped at a minute)."""
+def sleep_backoff(attempt: int, backoff_seconds: float) -> None:
+    """Before attempt 2, 3, ...: backoff_seconds, then doubling (capped at a minute).
+
+    Every health check retries this way, so `timeout_seconds` and `retries` mean one thing for all of them:
+    each attempt has `timeout_seconds`; after a failed attempt, up to `retries` more follow.
+    """
     if attempt > 1 and backoff_seconds > 0:
         time.sleep(min(backoff_seconds * 2 ** (attempt - 2), 60.0))
 
@@ -205,7 +209,7 @@ def check_hub_api(
     started = time.monotonic()
     with httpx.Client(follow_redirects=False) as client:
         for attempt in range(1, allowed + 1):
-            _sleep_backoff(attempt, backoff_seconds)
+            sleep_backoff(attempt, backoff_seconds)
             try:
                 version = _hub_api_attempt(client, base, time.monotonic() + timeout_seconds)
             except _StepFailed as failure:
@@ -455,7 +459,7 @@ def check_test_user(
     with httpx.Client(headers=headers, follow_redirects=False) as client:
         steps = _TestUser(client, base, username, poll_seconds, redact)
         for attempt in range(1, allowed + 1):
-            _sleep_backoff(attempt, backoff_seconds)
+            sleep_backoff(attempt, backoff_seconds)
             metadata["attempts"] = attempt
             facts: dict[str, Any] = {}
             try:

@@ -69,8 +69,13 @@ def _pod_problems(pods: list[Any]) -> list[str]:
     return problems
 
 
-def check_workloads(login: ClusterLogin, release: str, namespace: str) -> CheckOutcome:
-    """Every Deployment, StatefulSet and DaemonSet of the release rolled out; no pod crash-looping or unpullable."""
+def check_workloads(
+    login: ClusterLogin, release: str, namespace: str, timeout_seconds: float = REQUEST_TIMEOUT
+) -> CheckOutcome:
+    """Every Deployment, StatefulSet and DaemonSet of the release rolled out; no pod crash-looping or unpullable.
+
+    One reading of the cluster: each request has `timeout_seconds`.
+    """
     with api_client(login) as client:
         apps = kubernetes.client.AppsV1Api(client)
         core = kubernetes.client.CoreV1Api(client)
@@ -84,7 +89,7 @@ def check_workloads(login: ClusterLogin, release: str, namespace: str) -> CheckO
             items = call(
                 client,
                 f"listing {kind}s in {namespace}",
-                lambda f=list_items: f(namespace, _request_timeout=REQUEST_TIMEOUT),
+                lambda f=list_items: f(namespace, _request_timeout=timeout_seconds),
             ).items
             workloads += [
                 (kind, item) for item in items if (item.metadata.annotations or {}).get(RELEASE_ANNOTATION) == release
@@ -92,7 +97,7 @@ def check_workloads(login: ClusterLogin, release: str, namespace: str) -> CheckO
         pods = call(
             client,
             f"listing pods in {namespace}",
-            lambda: core.list_namespaced_pod(namespace, _request_timeout=REQUEST_TIMEOUT),
+            lambda: core.list_namespaced_pod(namespace, _request_timeout=timeout_seconds),
         ).items
     problems = [p for kind, item in workloads if (p := _rollout_problem(kind, item))] + _pod_problems(pods)
     metadata = {"workloads": len(workloads), "pods": len(pods)}
