@@ -7,6 +7,7 @@ step and links the run; it never quotes the error, which could carry values from
 import dagster as dg
 import httpx
 
+from hubploy_dagster.lineage import run_url
 from hubploy_dagster.resources import TAG_ENV, TAG_GIT_SHA, TAG_HUB
 
 
@@ -14,7 +15,7 @@ def failure_message(run: dg.DagsterRun, failed_steps: list[str], webserver_url: 
     tags = run.tags
     hub, env, sha = tags.get(TAG_HUB, "?"), tags.get(TAG_ENV, "?"), tags.get(TAG_GIT_SHA, "")
     steps = ", ".join(failed_steps) or "the run itself"
-    link = f"{webserver_url.rstrip('/')}/runs/{run.run_id}" if webserver_url else run.run_id
+    link = run_url(webserver_url, run.run_id) or run.run_id
     text = f":x: deploy of *{hub}* to *{env}* at `{sha[:7] or '?'}` failed in {steps}: <{link}|run {run.run_id[:8]}>"
     return {"text": text}
 
