@@ -282,7 +282,7 @@ def json_schema() -> dict[str, Any]:
     return HubployConfig.model_json_schema()
 
 
-def _problem_from_pydantic(file: str, error: Any) -> ConfigProblem:
+def problem_from_pydantic(file: str, error: Any) -> ConfigProblem:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         reason = "unknown key"
@@ -313,4 +313,4 @@ def load_hubploy_config(text: str | bytes, file: str) -> HubployConfig:
     try:
         return HubployConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_problem_from_pydantic(file, err) for err in exc.errors()]) from None
+        raise ConfigError([problem_from_pydantic(file, err) for err in exc.errors()]) from None

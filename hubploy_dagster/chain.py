@@ -1,0 +1,115 @@
+"""The ordered chain of environments a deployment repository promotes through, and the branch each follows.
+
+hubploy's model is a `staging` and a `prod` branch, prod promoted from staging; hubploy 1.2 repositories add
+`develop`. The chain is repository configuration, `hubploy-environments.yaml` at the repository's root:
+
+    environments:
+      - name: develop          # the first environment builds the images and deploys them
+      - name: staging          # every later one promotes what was healthy in the one before it
+        branch: main           # the branch it follows (default: its name)
+      - name: prod
+
+Without the file the chain is today's `staging -> prod`, following the first and last branch of
+HUBPLOY_BRANCHES. A chain of one environment deploys without a promotion gate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hubploy_dagster.config import parse_yaml, problem_from_pydantic
+from hubploy_dagster.errors import ConfigError, HubployError
+from hubploy_dagster.repo import Snapshot
+
+CHAIN_FILE = "hubploy-environments.yaml"
+DEFAULT_ENVIRONMENTS = ("staging", "prod")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+class _EnvironmentEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Lowercase letters, digits and dashes: it names releases and namespaces")
+    branch: str | None = Field(None, description="The branch this environment follows (default: its name)")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"environment name {value!r} must be lowercase letters, digits and dashes")
+        return value
+
+
+class _ChainFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    environments: list[_EnvironmentEntry] = Field(min_length=1)
+
+    @field_validator("environments")
+    @classmethod
+    def _distinct(cls, value: list[_EnvironmentEntry]) -> list[_EnvironmentEntry]:
+        names = [entry.name for entry in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"environment names repeat: {', '.join(names)}")
+        branches = [entry.branch or entry.name for entry in value]
+        if len(set(branches)) != len(branches):
+            raise ValueError(f"two environments follow one branch: {', '.join(branches)}")
+        return value
+
+
+class UnknownEnvironmentError(HubployError):
+    """An environment that is not in the repository's chain."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Environments in promotion order, each with the branch it follows."""
+
+    branches: dict[str, str]  # environment -> branch, in order
+    source: str = "the default chain"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.branches)
+
+    @property
+    def first(self) -> str:
+        """The environment that builds images (the others never build: they promote)."""
+        return self.names[0]
+
+    def before(self, env: str) -> str | None:
+        """The environment `env` promotes from (None: the first, which deploys what was built)."""
+        index = self.names.index(self.require(env))
+        return self.names[index - 1] if index else None
+
+    def branch(self, env: str) -> str:
+        return self.branches[self.require(env)]
+
+    def require(self, env: str) -> str:
+        if env not in self.branches:
+            raise UnknownEnvironmentError(f"environment {env!r} is not in {self.source}: {' -> '.join(self.names)}")
+        return env
+
+
+def default_chain(branches: Sequence[str] = DEFAULT_ENVIRONMENTS) -> Chain:
+    """Today's `staging -> prod`: staging follows the first of `branches`, prod the last (HUBPLOY_BRANCHES)."""
+    staging, prod = DEFAULT_ENVIRONMENTS
+    return Chain({staging: branches[0], prod: branches[-1]}, "the default chain (no " + CHAIN_FILE + ")")
+
+
+def load_chain(snapshot: Snapshot, branches: Sequence[str] = DEFAULT_ENVIRONMENTS) -> Chain:
+    """The chain the repository configures at this commit, or the default one (with `branches`)."""
+    text = snapshot.read(CHAIN_FILE)
+    if text is None:
+        return default_chain(branches)
+    file = snapshot.describe(CHAIN_FILE)
+    data = parse_yaml(text, file)
+    try:
+        parsed = _ChainFile.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise ConfigError([problem_from_pydantic(file, error) for error in exc.errors()]) from None
+    return Chain({entry.name: entry.branch or entry.name for entry in parsed.environments}, file)
