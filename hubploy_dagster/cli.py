@@ -208,6 +208,11 @@ def build(
 @click.option("--cleanup-on-fail", is_flag=True, help="helm --cleanup-on-fail.")
 @click.option("--dry-run", is_flag=True, help="helm --dry-run (prints secrets: refused when CI is set).")
 @click.option("-D", "--helm-debug", is_flag=True, help="helm --debug (prints secrets: refused when CI is set).")
+@click.option(
+    "--check-registry",
+    is_flag=True,
+    help="Fail before helm when an image tag of the hub is not in its registry (default: the cluster only, as hubploy).",
+)
 @pass_settings
 @reports_errors
 def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str, rev: str, **helm_flags: Any) -> None:

@@ -1,9 +1,12 @@
 """`hubploy deploy <hub> <chart> <env>` at one commit: the code the release assets and the CLI both run.
 
-Order of work, so that bad input fails before the cluster is touched: the images must be in the registry
-(a deploy never builds: prod in particular only ever runs what staging built), the chart and values are
-read at the pinned commit, secrets are decrypted into a private folder, `helm template` checks the values
-against the chart's schema, and only then are the namespace and the release changed.
+Order of work, so that bad input fails before the cluster is touched: with `check_registry` (the Dagster
+release assets always; `hubploy deploy --check-registry` on request) the images must be in the registry (a
+deploy never builds: prod in particular only ever runs what the first environment built); the chart and
+values are read at the pinned commit, secrets are decrypted into a private folder, `helm template` checks
+the values against the chart's schema, and only then are the namespace and the release changed. Without
+`check_registry` a deploy talks to the cluster only, as hubploy's `deploy` does (CI runners that hold
+cluster credentials but no registry access).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class DeployOptions:
     cleanup_on_fail: bool = False
     dry_run: bool = False
     helm_debug: bool = False
+    check_registry: bool = False  # fail before helm when an image tag is not in the registry (the Dagster path)
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ def deploy_hub(session: HubSession, options: DeployOptions) -> ReleaseResult:
     hub, env, sha, log = session.hub, session.env, session.sha, session.log
     started = time.monotonic()
     images = hub_images(session.repo, session.deployment, hub)
-    require_images_in_registry(session, images)
+    if options.check_registry:
+        require_images_in_registry(session, images)
     with prepared_release(session, options, images) as prepared:
         request, helm, login = prepared.request, prepared.helm, prepared.login
         log(f"checking the values of {request.release} against chart {prepared.chart_path} (helm template)")
