@@ -442,11 +442,12 @@ class Replayer:
     """The daemon's part, in this process: ticks with a carried cursor, run keys deduplicated, runs in-process."""
 
     def __init__(self, repo: Path, instance: Any):
+        from hubploy_dagster.chain import Chain
         from sensors.git_sensor import build_git_sensor
 
         self.repo = repo
         self.instance = instance
-        self.sensor = build_git_sensor(str(repo), BRANCHES)
+        self.sensor = build_git_sensor(str(repo), Chain(BRANCHES))
         self.cursor: str | None = None
         self.run_keys: set[str] = set()
         self.runs: list[RunRecord] = []

@@ -1,7 +1,9 @@
-"""The per-hub asset graph: `<hub>/image` -> `<hub>/staging` -> `<hub>/prod`, one group per hub.
+"""The per-hub asset graph: `<hub>/image` -> one release per environment of the chain, one group per hub.
 
 The graph is built from the hubs the deployment repository holds when the code location loads; the keys
-read as the operator thinks of them ("datahub / staging"), and the lineage is the promotion path.
+read as the operator thinks of them ("datahub / staging"), and the lineage is the promotion path. A hub
+without an `images` block (hubploy 1.2: the image pinned in its values) has no image asset: its first
+release deploys what its values pin.
 """
 
 import json
@@ -15,7 +17,8 @@ from hubploy_dagster.checks import release_health_checks
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
-from hubploy_dagster.keys import ENVIRONMENTS, group_name, hub_pool, image_key, release_key, upstream_of
+from hubploy_dagster.chain import Chain
+from hubploy_dagster.keys import group_name, hub_pool, image_key, release_key
 from hubploy_dagster.policy import promotion, roll_back
 from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
@@ -52,7 +55,7 @@ def image_metadata(sha: str, results: list[ImageResult]) -> dict[str, Any]:
     }
 
 
-def image_asset(hub: Hub) -> dg.AssetsDefinition:
+def image_asset(hub: Hub, chain: Chain) -> dg.AssetsDefinition:
     """Builds and pushes the hub's images at the run's commit, unless the registry already has their tags."""
 
     @dg.asset(
@@ -70,7 +73,7 @@ def image_asset(hub: Hub) -> dg.AssetsDefinition:
         sops: SopsResource,
     ) -> dg.MaterializeResult:
         repo = deployment_repo.open()
-        sha = deployment_repo.pinned_commit(context, "staging")
+        sha = deployment_repo.pinned_commit(context, chain.first)
         deployment = load_deployment(repo.snapshot(sha))
         options = BuildOptions(no_cache=docker_engine.no_cache, build_args=docker_engine.build_args)
         try:
@@ -122,7 +125,15 @@ def image_in_registry_check(hub: Hub) -> dg.AssetChecksDefinition:
     return _check
 
 
-def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
+def upstream_key(hub: Hub, chain: Chain, env: str) -> dg.AssetKey | None:
+    """What a release deploys: the environment before's release, or for the first the hub's image (if any)."""
+    before = chain.before(env)
+    if before is not None:
+        return release_key(hub.name, before)
+    return image_key(hub.name) if hub.images() else None
+
+
+def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
     """`helm upgrade --install` of the hub in one environment at the run's commit.
 
     Past the first environment, the promotion gate (`policy.promotion`) decides whether it deploys.
@@ -131,7 +142,7 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        deps=[dg.AssetKey([hub.name, upstream_of(env)])],
+        deps=[key] if (key := upstream_key(hub, chain, env)) else [],
         group_name=group_name(hub.name),
         kinds={"helm", "kubernetes"},
         pool=hub_pool(hub.name),
@@ -159,7 +170,7 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
             return
         record = DeployRecord(context.instance)
         override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
-        gate = promotion(record, hub.name, env, sha, fingerprint, override)
+        gate = promotion(record, chain.before(env), hub.name, sha, fingerprint, override)
         if gate.refused:
             context.log.warning(
                 f"not promoting to {env}: {gate.refused.reason} (run tag {TAG_PROMOTION_OVERRIDE} overrides)"
@@ -169,7 +180,7 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
         if gate.overridden:
             context.log.warning(f"promoting to {env} although {gate.overridden}: overridden by run tag ({override})")
         try:
-            result = deploy_hub(session, DeployOptions())
+            result = deploy_hub(session, DeployOptions(check_registry=True))
         except UpgradeFailedError:
             if session.hub.config.rollback == "on-failure":
                 # yielded, not logged: the step's failure would drop a logged event
@@ -182,10 +193,13 @@ def release_asset(hub: Hub, env: str) -> dg.AssetsDefinition:
     return _release
 
 
-def hub_assets(hub: Hub) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
+def hub_assets(
+    hub: Hub, chain: Chain
+) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """Everything one hub contributes to the code location."""
-    health = [check for env in ENVIRONMENTS if (check := release_health_checks(hub, env)) is not None]
-    return [image_asset(hub), *(release_asset(hub, env) for env in ENVIRONMENTS)], [
-        image_in_registry_check(hub),
-        *health,
-    ]
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [release_asset(hub, chain, env) for env in chain.names]
+    checks = [check for env in chain.names if (check := release_health_checks(hub, env)) is not None]
+    if hub.images():
+        assets.insert(0, image_asset(hub, chain))
+        checks.insert(0, image_in_registry_check(hub))
+    return assets, checks

@@ -28,6 +28,7 @@ from hubploy_dagster.repo import Snapshot
 CHAIN_FILE = "hubploy-environments.yaml"
 DEFAULT_ENVIRONMENTS = ("staging", "prod")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+RESERVED = "image"  # `<hub>/image` is the image asset's key
 
 
 class _EnvironmentEntry(BaseModel):
@@ -41,6 +42,8 @@ class _EnvironmentEntry(BaseModel):
     def _valid_name(cls, value: str) -> str:
         if not NAME.match(value):
             raise ValueError(f"environment name {value!r} must be lowercase letters, digits and dashes")
+        if value == RESERVED:
+            raise ValueError(f"{RESERVED!r} names the image asset of every hub: choose another environment name")
         return value
 
 

@@ -4,8 +4,9 @@ Its settings (`hubploy_dagster.settings`: HUBPLOY_REPO, HUBPLOY_BRANCHES, HUBPLO
 HUBPLOY_WEBSERVER_URL, HUBPLOY_WEBHOOK_URL, HUBPLOY_BUILD_ARGS, SOPS_AGE_KEY_FILE...) are read once, when the
 code location loads, and passed to the sensors and resources; helm and kubectl read their own (KUBECONFIG...).
 
-Dagster builds the asset graph when the code location loads, so the hubs are read here, once, from the
-heads of the watched branches (every hub on staging or prod gets its assets).
+Dagster builds the asset graph when the code location loads, so the chain of environments (read at the
+repository's HEAD: `hubploy-environments.yaml`, or staging -> prod) and the hubs (from the heads of the
+chain's branches: every hub on any of them gets its assets) are read here, once; a reload re-reads them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import dagster as dg
 
 from hubploy_dagster.assets import hub_assets
+from hubploy_dagster.chain import Chain, load_chain
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.keys import group_name
@@ -27,7 +29,7 @@ from sensors.git_sensor import build_git_sensor
 from sensors.notify import build_failure_sensor
 
 
-def hubs_on_branches(repo: DeploymentRepo, branches: tuple[str, ...]) -> list[Hub]:
+def hubs_on_branches(repo: DeploymentRepo, branches: list[str]) -> list[Hub]:
     """Every valid hub found at the head of any branch (the first branch's config wins for a name)."""
     heads = repo.heads(list(branches))
     revs = [heads[b] for b in branches if b in heads] or ["HEAD"]
@@ -41,7 +43,9 @@ def hubs_on_branches(repo: DeploymentRepo, branches: tuple[str, ...]) -> list[Hu
 def build_definitions(source: str, settings: Settings | None = None) -> dg.Definitions:
     """The definitions for the deployment repository at `source` (default settings: the environment's)."""
     settings = settings or current()
-    hubs = hubs_on_branches(DeploymentRepo(source), settings.branches)
+    repo = DeploymentRepo(source)
+    chain = load_chain(repo.snapshot("HEAD"), settings.branches)
+    hubs = hubs_on_branches(repo, list(chain.branches.values()))
     groups: dict[str, str] = {}
     for hub in hubs:
         other = groups.setdefault(group_name(hub.name), hub.name)
@@ -50,26 +54,26 @@ def build_definitions(source: str, settings: Settings | None = None) -> dg.Defin
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
     checks: list[dg.AssetChecksDefinition] = []
     for hub in hubs:
-        hub_asset_list, hub_checks = hub_assets(hub)
+        hub_asset_list, hub_checks = hub_assets(hub, chain)
         assets += hub_asset_list
         checks += hub_checks
     sensors = [
-        build_git_sensor(source, settings.env_branches, settings.sensor_interval),
+        build_git_sensor(source, chain, settings.sensor_interval),
         build_failure_sensor(settings.webhook_url, settings.webserver_url),
     ]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[*deploy_jobs(hubs), rollback, plan],
+        jobs=[*deploy_jobs(hubs, chain), rollback, plan],
         sensors=sensors,
-        resources=resources_from_settings(source, settings),
+        resources=resources_from_settings(source, settings, chain),
         # A deploy's steps run one after the other anyway (image, release, checks); a process per step cost
         # 3-5 s each at start-up for no isolation worth having.
         executor=dg.in_process_executor,
     )
 
 
-def resources_from_settings(source: str, settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def resources_from_settings(source: str, settings: Settings, chain: Chain) -> dict[str, dg.ConfigurableResource]:
     """Resources configured from the settings, so that `make run` and production differ only in variables.
 
     HUBPLOY_BUILD_ARGS: build arguments for every image (the example sets BASE_IMAGE to a locally made base
@@ -77,7 +81,7 @@ def resources_from_settings(source: str, settings: Settings) -> dict[str, dg.Con
     """
     age_key_file = settings.sops_age_key_file
     return {
-        "deployment_repo": DeploymentRepoResource(source=source, branches=list(settings.branches)),
+        "deployment_repo": DeploymentRepoResource(source=source, env_branches=chain.branches),
         "docker_engine": DockerEngineResource(build_args=settings.build_args),
         "sops": SopsResource(age_key_file=str(age_key_file) if age_key_file else None),
     }

@@ -25,7 +25,7 @@ import git
 from hubploy_dagster import settings
 from hubploy_dagster.checks import CHECK_NAMES
 from hubploy_dagster.errors import HubployError
-from hubploy_dagster.keys import ENVIRONMENTS, release_key
+from hubploy_dagster.keys import image_key, release_key
 from hubploy_dagster.record import RefusedPromotion, Release, Rollback, fact_of, values_of
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import TAG_GIT_SHA
@@ -76,12 +76,19 @@ def deploy_history(
     limit: int = 50,
     repo_source: str | None = None,
 ) -> list[Entry]:
-    """The newest `limit` entries, newest first, of one hub or all, in one environment or both."""
-    keys = [release_key(hub, e) for e in ([env] if env else ENVIRONMENTS)] if hub else None
+    """The newest `limit` entries, newest first, of one hub or all, in one environment or all."""
+
+    def is_release(key: dg.AssetKey) -> bool:
+        """`<hub>/<env>` for any environment the instance recorded (the chain may have changed since)."""
+        path = key.path
+        return len(path) == 2 and key != image_key(path[0]) and hub in (None, path[0]) and env in (None, path[1])
+
+    keys = None
+    if hub:
+        keys = [release_key(hub, env)] if env else [k for k in instance.get_asset_keys(prefix=[hub]) if is_release(k)]
 
     def in_view(record: dg.EventLogRecord) -> bool:
-        path = record.asset_key.path if record.asset_key else []
-        return len(path) == 2 and path[1] in ENVIRONMENTS and env in (None, path[1])
+        return record.asset_key is not None and is_release(record.asset_key)
 
     releases = _newest(instance, dg.DagsterEventType.ASSET_MATERIALIZATION, keys, in_view, limit)
     events = _newest(

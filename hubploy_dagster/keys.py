@@ -1,12 +1,9 @@
-"""Asset keys, groups and pools of the per-hub graph, named once: `<hub>/image` -> `<hub>/staging` -> `<hub>/prod`."""
+"""Asset keys, groups and pools of the per-hub graph, named once: `<hub>/image` -> `<hub>/<env>` for each
+environment of the chain, in promotion order (`<hub>/staging` -> `<hub>/prod` by default)."""
 
 import re
 
 import dagster as dg
-
-# The environments are the library's (hubploy_dagster.settings); imported here for upstream_of, and still
-# imported from here by modules of the Dagster layer.
-from hubploy_dagster.settings import ENVIRONMENTS
 
 
 def group_name(hub_name: str) -> str:
@@ -20,12 +17,6 @@ def image_key(hub_name: str) -> dg.AssetKey:
 
 def release_key(hub_name: str, env: str) -> dg.AssetKey:
     return dg.AssetKey([hub_name, env])
-
-
-def upstream_of(env: str) -> str:
-    """prod promotes what staging ran; staging deploys the image."""
-    index = ENVIRONMENTS.index(env)
-    return "image" if index == 0 else ENVIRONMENTS[index - 1]
 
 
 def hub_pool(hub_name: str) -> str:

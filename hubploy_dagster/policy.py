@@ -14,17 +14,10 @@ from typing import Any
 
 import dagster as dg
 
-from hubploy_dagster.keys import ENVIRONMENTS
 from hubploy_dagster.lineage import promoted_from
 from hubploy_dagster.record import PROMOTION_OVERRIDE, DeployRecord, RefusedPromotion, Rollback
 from hubploy_dagster.rollback import helm_rollback
 from hubploy_dagster.session import HubSession
-
-
-def gated_on(env: str) -> str | None:
-    """The environment whose healthy mark `env` needs (None: the first environment deploys freely)."""
-    index = ENVIRONMENTS.index(env)
-    return ENVIRONMENTS[index - 1] if index else None
 
 
 @dataclass(frozen=True)
@@ -36,9 +29,11 @@ class Promotion:
     overridden: str = ""  # why the gate would have refused, when a run tag overrode it
 
 
-def promotion(record: DeployRecord, hub: str, env: str, sha: str, fingerprint: str, override: str | None) -> Promotion:
-    """Whether `hub` at `sha` may deploy to `env`; the release metadata links the healthy run it promotes."""
-    before = gated_on(env)
+def promotion(
+    record: DeployRecord, before: str | None, hub: str, sha: str, fingerprint: str, override: str | None
+) -> Promotion:
+    """Whether `hub` at `sha` may deploy to the environment after `before` (the chain's `before(env)`; None:
+    the first environment, never gated); the release metadata links the healthy release it promotes."""
     if before is None:
         return Promotion(None, {})
     passed = record.healthy_mark(hub, before, fingerprint)
@@ -50,14 +45,15 @@ def promotion(record: DeployRecord, hub: str, env: str, sha: str, fingerprint: s
     return Promotion(RefusedPromotion(reason, sha, fingerprint), {})
 
 
-def awaiting_promotion(record: DeployRecord, hubs: list[str], env: str, fingerprints: dict[str, str]) -> list[str]:
-    """The hubs whose configuration the gate would refuse in `env` today: the sensor asks for them later.
+def awaiting_promotion(
+    record: DeployRecord, before: str | None, hubs: list[str], fingerprints: dict[str, str]
+) -> list[str]:
+    """The hubs whose configuration the gate would refuse after `before` today: the sensor asks for them later.
 
     Asking for a promotion only once the environment before is healthy, rather than trusting that a run
     queued first also finishes first, keeps a retried or slow run from leaving its promotion refused and never
     asked for again.
     """
-    before = gated_on(env)
     if before is None:
         return []
     return [hub for hub in hubs if record.healthy_mark(hub, before, fingerprints[hub]) is None]

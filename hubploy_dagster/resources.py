@@ -15,7 +15,7 @@ from hubploy_dagster.errors import HubployError
 from hubploy_dagster.images import docker_client
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Sops
-from hubploy_dagster.settings import DEFAULT_BRANCHES, env_branch
+from hubploy_dagster.chain import DEFAULT_ENVIRONMENTS
 
 TAG_HUB = "hub"
 TAG_ENV = "env"
@@ -25,19 +25,21 @@ TAG_PROMOTION_OVERRIDE = "promotion_override"  # its value: who overrode the gat
 
 
 class DeploymentRepoResource(dg.ConfigurableResource):
-    """The deployment repository (a path or a git URL) and the branches its environments follow."""
+    """The deployment repository (a path or a git URL) and the branch each environment of its chain follows."""
 
     source: str = Field(description="Path or git URL of the deployment repository")
-    branches: list[str] = Field(
-        default=list(DEFAULT_BRANCHES),
-        description="The branches staging (the first) and prod (the last) follow (HUBPLOY_BRANCHES)",
+    env_branches: dict[str, str] = Field(
+        default={env: env for env in DEFAULT_ENVIRONMENTS},
+        description="Environment -> the branch it follows, in promotion order (the repository's chain)",
     )
 
     def open(self) -> DeploymentRepo:
         return DeploymentRepo(self.source)
 
     def branch(self, env: str) -> str:
-        return env_branch(env, self.branches)
+        if env not in self.env_branches:
+            raise HubployError(f"environment {env!r} is not one of {', '.join(self.env_branches)}")
+        return self.env_branches[env]
 
     def pinned_commit(self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, env: str) -> str:
         repo = self.open()

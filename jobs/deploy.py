@@ -7,40 +7,41 @@ with an asset subset); the rollback job runs the library's `helm rollback` with 
 import dagster as dg
 from pydantic import Field
 
+from hubploy_dagster.chain import Chain
 from hubploy_dagster.deployment import Hub
-from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
+from hubploy_dagster.keys import image_key, release_key
 from hubploy_dagster.record import Rollback, observation
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.rollback import helm_rollback
 from hubploy_dagster.session import HubSession
 
 
-def deploy_jobs(hubs: list[Hub]) -> list:
-    staging, prod = ENVIRONMENTS
-    return [
-        dg.define_asset_job(
-            f"deploy_{staging}",
-            selection=dg.AssetSelection.assets(
-                *(k for hub in hubs for k in (image_key(hub.name), release_key(hub.name, staging)))
-            ),
-            description="Build (when needed) and deploy the selected hubs to staging, then check them.",
-        ),
-        dg.define_asset_job(
-            f"deploy_{prod}",
-            selection=dg.AssetSelection.assets(*(release_key(hub.name, prod) for hub in hubs)),
-            description="Promote the selected hubs to prod (only configurations that passed staging).",
-        ),
-        dg.define_asset_job(
-            "build_images",
-            selection=dg.AssetSelection.assets(*(image_key(hub.name) for hub in hubs)).without_checks(),
-            description="Build and push the selected hubs' images when their tags are not in the registry.",
-        ),
-    ]
+def deploy_jobs(hubs: list[Hub], chain: Chain) -> list:
+    """`deploy_<env>` for each environment of the chain, and `build_images`."""
+    imaged = [hub for hub in hubs if hub.images()]
+    jobs = []
+    for env in chain.names:
+        before = chain.before(env)
+        images = [image_key(hub.name) for hub in imaged] if before is None else []
+        jobs.append(
+            dg.define_asset_job(
+                f"deploy_{env}",
+                selection=dg.AssetSelection.assets(*images, *(release_key(hub.name, env) for hub in hubs)),
+                description=(
+                    f"Build (when needed) and deploy the selected hubs to {env}, then check them."
+                    if before is None
+                    else f"Promote the selected hubs to {env} (only configurations that passed {before})."
+                ),
+            )
+        )
+    build = dg.AssetSelection.assets(*(image_key(hub.name) for hub in imaged)).without_checks()
+    description = "Build and push the selected hubs' images when their tags are not in the registry."
+    return [*jobs, dg.define_asset_job("build_images", selection=build, description=description)]
 
 
 class RollbackConfig(dg.Config):
     hub: str = Field(description="Hub name")
-    env: str = Field(description="Environment (staging or prod)")
+    env: str = Field(description="Environment (one of the repository's chain, e.g. staging or prod)")
     revision: int = Field(description="helm revision to return to (see `helm history` or the release's metadata)")
 
 

@@ -15,7 +15,7 @@ from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 
 
 class PlanConfig(dg.Config):
-    env: str = Field("staging", description="Environment to plan (staging or prod)")
+    env: str = Field("staging", description="Environment to plan (one of the repository's chain)")
     from_rev: str | None = Field(None, description="Plan the hubs changed since this commit (default: every hub)")
     to_rev: str | None = Field(None, description="Commit to plan (default: the head of the environment's branch)")
 

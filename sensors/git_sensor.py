@@ -1,10 +1,12 @@
-"""The git sensor: a push to `staging` or `prod` deploys exactly the hubs it changed, at that commit, once.
+"""The git sensor: a push to an environment's branch deploys exactly the hubs it changed, at that commit, once.
 
-Prod is requested for a hub only once the same configuration has passed its staging checks; until then the
-prod branch's move is planned again at every tick.
+The environments are the repository's chain (`staging -> prod` by default). Past the first, an environment
+is requested for a hub only once the same configuration has passed its checks in the environment before;
+until then that branch's move is planned again at every tick.
 
 Thin by design: `hubploy_dagster.sensing` decides what to deploy; this module turns the decision into run
-requests (one per hub and environment, staging first) and keeps the cursor (the last head seen per branch).
+requests (one per hub and environment, in the chain's order) and keeps the cursor (the last head seen per
+branch).
 A run key of hub, environment and sha makes each deploy happen at most once, even if the cursor is lost.
 """
 
@@ -13,9 +15,10 @@ import json
 import dagster as dg
 
 from hubploy_dagster import settings
+from hubploy_dagster.chain import Chain
 from hubploy_dagster.errors import HubployError
-from hubploy_dagster.keys import ENVIRONMENTS, image_key, release_key
-from hubploy_dagster.policy import awaiting_promotion, gated_on
+from hubploy_dagster.keys import image_key, release_key
+from hubploy_dagster.policy import awaiting_promotion
 from hubploy_dagster.record import DeployRecord
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
 from hubploy_dagster.resources import TAG_BRANCH, TAG_ENV, TAG_GIT_SHA, TAG_HUB
@@ -28,9 +31,9 @@ def run_key(hub: str, env: str, sha: str) -> str:
     return f"{hub}:{env}:{sha}"
 
 
-def deploy_request(hub: str, env: str, branch: str, sha: str) -> dg.RunRequest:
-    """staging builds the image and deploys; prod only deploys (it never builds)."""
-    keys = [image_key(hub), release_key(hub, env)] if env == ENVIRONMENTS[0] else [release_key(hub, env)]
+def deploy_request(hub: str, env: str, branch: str, sha: str, with_image: bool) -> dg.RunRequest:
+    """The first environment builds the hub's image (when it has one) and deploys; later ones only deploy."""
+    keys = [image_key(hub), release_key(hub, env)] if with_image else [release_key(hub, env)]
     return dg.RunRequest(
         run_key=run_key(hub, env, sha),
         asset_selection=keys,
@@ -38,8 +41,9 @@ def deploy_request(hub: str, env: str, branch: str, sha: str) -> dg.RunRequest:
     )
 
 
-def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: int = 30) -> dg.SensorDefinition:
-    """`branches` maps each environment to the branch it follows, e.g. {"staging": "staging", "prod": "prod"}."""
+def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> dg.SensorDefinition:
+    """Watches the branch of each environment of `chain`."""
+    branches = chain.branches
 
     @dg.sensor(
         name="git_branches",
@@ -61,10 +65,12 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
             return dg.SkipReason(f"no new commit on {', '.join(branches.values())}")
         repo = DeploymentRepo(source)
         repo.fetch()
-        known = {key.path[0] for key in context.repository_def.asset_graph.get_all_asset_keys()}
+        keys = context.repository_def.asset_graph.get_all_asset_keys()
+        known = {key.path[0] for key in keys}
+        imaged = {key.path[0] for key in keys if key == image_key(key.path[0])}
         requests: list[dg.RunRequest] = []
         record = DeployRecord(context.instance)
-        for env in ENVIRONMENTS:  # staging is requested before prod
+        for env in chain.names:  # in promotion order
             if env not in moved:
                 continue
             branch, new = moved[env], heads[moved[env]]
@@ -82,11 +88,16 @@ def build_git_sensor(source: str, branches: dict[str, str], interval_seconds: in
             if move.unknown:
                 ask_for_reload(context, move.unknown, branch)
                 continue  # the cursor stays: this move is planned again once the new hubs have assets
-            waiting = awaiting_promotion(record, move.deploy, env, move.fingerprints)
-            requests += [deploy_request(hub, env, branch, new) for hub in move.deploy if hub not in waiting]
+            before = chain.before(env)
+            waiting = awaiting_promotion(record, before, move.deploy, move.fingerprints)
+            requests += [
+                deploy_request(hub, env, branch, new, with_image=before is None and hub in imaged)
+                for hub in move.deploy
+                if hub not in waiting
+            ]
             if waiting:  # the cursor stays: planned again next tick; requests already made repeat no run (run keys)
                 context.log.info(
-                    f"{branch}@{new[:7]}: waiting for {gated_on(env)} checks of {', '.join(waiting)} to promote them"
+                    f"{branch}@{new[:7]}: waiting for {before} checks of {', '.join(waiting)} to promote them"
                 )
                 continue
             cursor[branch] = new

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from services.lab import Lab
 from test_health_checks import dead_url
 
+from hubploy_dagster.chain import default_chain
 from hubploy_dagster.cli import main
 from sensors.git_sensor import build_git_sensor, deploy_request
 
@@ -38,8 +39,11 @@ def audited(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
 def by_sensor(lab: Lab, env: str = "staging") -> dict[str, str]:
     """The tags of a run the git sensor requests and the daemon launches."""
     sha = lab.builder.repo.head.commit.hexsha
-    sensor = build_git_sensor(str(lab.builder.path), {"staging": "staging", "prod": "prod"})
-    return {**deploy_request("lab", env, env, sha).tags, **dg.DagsterRun.tags_for_sensor(sensor)}
+    sensor = build_git_sensor(str(lab.builder.path), default_chain())
+    return {
+        **deploy_request("lab", env, env, sha, with_image=env == "staging").tags,
+        **dg.DagsterRun.tags_for_sensor(sensor),
+    }
 
 
 def history(*args: str) -> tuple[int, str, str]:

@@ -19,6 +19,7 @@ from services.lab import Run
 from services.repos import CHART_FILES, PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 
 from hubploy_dagster.assets import image_asset, image_in_registry_check
+from hubploy_dagster.chain import default_chain
 from hubploy_dagster.cli import main
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.registry import RegistryClient
@@ -65,7 +66,7 @@ def materialize_image(
     hub = deployment.hub("lab")
     check = image_in_registry_check(hub)
     result = dg.materialize(
-        [image_asset(hub), check],
+        [image_asset(hub, default_chain()), check],
         selection=dg.AssetSelection.checks(check) if checks_only else None,
         instance=instance,
         resources={

@@ -72,16 +72,16 @@ def test_look_ups_find_a_healthy_mark_behind_500_other_events():
 
 def test_the_gate_promotes_only_what_was_healthy_in_the_environment_before():
     record = record_with_a_healthy_staging_release()
-    assert promotion(record, "lab", "staging", SHA, "0" * 64, None).refused is None, "the first environment is free"
-    allowed = promotion(record, "lab", "prod", SHA, FINGERPRINT, None)
+    assert promotion(record, None, "lab", SHA, "0" * 64, None).refused is None, "the first environment is free"
+    allowed = promotion(record, "staging", "lab", SHA, FINGERPRINT, None)
     staging = record.instance.fetch_materializations(release_key("lab", "staging"), limit=1).records[0]
     assert allowed.refused is None and allowed.metadata["promoted_from_storage_id"] == staging.storage_id
 
-    refused = promotion(record, "lab", "prod", SHA, "0" * 64, None)
+    refused = promotion(record, "staging", "lab", SHA, "0" * 64, None)
     assert refused.refused is not None and "never passed its staging checks" in refused.refused.reason
-    assert awaiting_promotion(record, ["lab"], "prod", {"lab": "0" * 64}) == ["lab"]
-    assert awaiting_promotion(record, ["lab"], "prod", {"lab": FINGERPRINT}) == []
+    assert awaiting_promotion(record, "staging", ["lab"], {"lab": "0" * 64}) == ["lab"]
+    assert awaiting_promotion(record, "staging", ["lab"], {"lab": FINGERPRINT}) == []
 
-    overridden = promotion(record, "lab", "prod", SHA, "0" * 64, "alice: hotfix")
+    overridden = promotion(record, "staging", "lab", SHA, "0" * 64, "alice: hotfix")
     assert overridden.refused is None and overridden.metadata == {PROMOTION_OVERRIDE: "alice: hotfix"}
     assert "never passed" in overridden.overridden

@@ -10,6 +10,7 @@ import pytest
 from services.repos import RepoBuilder, hub_files
 from services.ticker import BRANCHES, Ticker, head
 
+from hubploy_dagster.chain import Chain
 from sensors.git_sensor import build_git_sensor
 from sensors.notify import failure_message
 
@@ -132,7 +133,7 @@ def test_unreachable_remote_skips_the_tick_and_keeps_the_cursor(watched: RepoBui
     ticker = Ticker(watched)
     ticker.tick()
     cursor = ticker.cursor
-    sensor = build_git_sensor(str(tmp_path / "gone.git"), BRANCHES)
+    sensor = build_git_sensor(str(tmp_path / "gone.git"), Chain(BRANCHES))
     result = sensor(dg.build_sensor_context(instance=ticker.instance, cursor=cursor, definitions=ticker.defs))
     assert isinstance(result, dg.SkipReason) and "cannot list branches of" in (result.skip_message or "")
 

@@ -8,14 +8,14 @@ import pytest
 from click.testing import CliRunner
 from services.repos import RepoBuilder
 
+from hubploy_dagster.chain import UnknownEnvironmentError, default_chain
 from hubploy_dagster.cli import main
+from hubploy_dagster.errors import HubployError
 from hubploy_dagster.settings import (
-    ENVIRONMENTS,
     VARIABLES,
     Settings,
     SettingsError,
     current,
-    env_branch,
     load_settings,
     readme_table,
     reset,
@@ -58,7 +58,7 @@ def test_every_setting_names_its_variable_and_is_documented():
 def test_defaults(env: pytest.MonkeyPatch):
     settings = load_settings()
     assert settings.repo is None and settings.branches == ("staging", "prod")
-    assert settings.env_branches == {"staging": "staging", "prod": "prod"}
+    assert default_chain(settings.branches).branches == {"staging": "staging", "prod": "prod"}
     assert settings.sensor_interval == 30 and settings.build_args == {} and settings.chart_cache == ()
     assert settings.webserver_url is settings.webhook_url is settings.sops_age_key_file is None
     assert settings.dagster_home is settings.docker_host is None
@@ -68,14 +68,16 @@ def test_defaults(env: pytest.MonkeyPatch):
 
 
 def test_branches_map_staging_to_the_first_and_prod_to_the_last(env: pytest.MonkeyPatch):
+    """Without hubploy-environments.yaml in the repository (tests/test_chain.py), HUBPLOY_BRANCHES says."""
     env.setenv("HUBPLOY_BRANCHES", "main, candidate ,live")
     settings = load_settings()
     assert settings.branches == ("main", "candidate", "live")
-    assert settings.env_branches == {"staging": "main", "prod": "live"}
-    assert [settings.branch(e) for e in ENVIRONMENTS] == ["main", "live"]
-    assert settings.branch("feature") == "feature"
+    chain = default_chain(settings.branches)
+    assert chain.branches == {"staging": "main", "prod": "live"}
+    with pytest.raises(UnknownEnvironmentError, match="'feature' is not in the default chain"):
+        chain.branch("feature")
     env.setenv("HUBPLOY_BRANCHES", "main")
-    assert load_settings().env_branches == {"staging": "main", "prod": "main"}
+    assert default_chain(load_settings().branches).branches == {"staging": "main", "prod": "main"}
     env.setenv("HUBPLOY_BRANCHES", "")  # empty: unset
     assert load_settings().branches == ("staging", "prod")
     assert "HUBPLOY_BRANCHES='staging,,prod'" in settings_error(env, "HUBPLOY_BRANCHES", "staging,,prod")
@@ -85,12 +87,12 @@ def test_the_dagster_resource_follows_the_same_branches(env: pytest.MonkeyPatch)
     from hubploy_dagster.resources import DeploymentRepoResource
 
     env.setenv("HUBPLOY_BRANCHES", "main,live")
-    settings = load_settings()
-    resource = DeploymentRepoResource(source="unused", branches=list(settings.branches))
-    assert [resource.branch(e) for e in [*ENVIRONMENTS, "feature"]] == [
-        settings.branch(e) for e in [*ENVIRONMENTS, "feature"]
-    ]
-    assert env_branch("prod", DeploymentRepoResource(source="unused").branches) == "prod"
+    chain = default_chain(load_settings().branches)
+    resource = DeploymentRepoResource(source="unused", env_branches=chain.branches)
+    assert [resource.branch(e) for e in chain.names] == [chain.branch(e) for e in chain.names] == ["main", "live"]
+    assert DeploymentRepoResource(source="unused").branch("prod") == "prod"
+    with pytest.raises(HubployError, match="'feature' is not one of staging, prod"):
+        DeploymentRepoResource(source="unused").branch("feature")
 
 
 def test_build_args(env: pytest.MonkeyPatch):
@@ -158,6 +160,6 @@ def test_the_code_location_takes_branches_interval_and_resources_from_the_settin
     sensor = defs.resolve_sensor_def("git_branches")
     assert sensor.minimum_interval_seconds == 7 and "main, live" in (sensor.description or "")
     resources = defs.resources or {}
-    assert resources["deployment_repo"].branches == ["main", "live"]
+    assert resources["deployment_repo"].env_branches == {"staging": "main", "prod": "live"}
     assert resources["docker_engine"].build_args == {"BASE_IMAGE": "local/base"}
     assert resources["sops"].age_key_file == str(tmp_path / "age.txt")

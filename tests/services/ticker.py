@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from hubploy_dagster.chain import Chain
 from hubploy_dagster.definitions import build_definitions
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.keys import release_key
@@ -32,7 +33,7 @@ class Ticker:
         self.defs = build_definitions(self.source)
 
     def tick(self) -> tuple[list[tuple[str, str, str]], list[str]]:
-        sensor = build_git_sensor(self.source, BRANCHES)
+        sensor = build_git_sensor(self.source, Chain(BRANCHES))
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs)
         result = sensor(context)
         if isinstance(result, dg.SkipReason):
