@@ -13,7 +13,8 @@ Masker of the decrypted values then runs over all the text, in case a value appe
 
 Which hubs: with `--from A`, the change set A -> B (hubs whose inputs changed); without it, every hub whose
 rendered resources differ from its live release, or that is not installed yet. Images whose tag is not in
-the registry are listed: staging would build them; a prod deploy would refuse (prod never builds).
+the registry are listed: the chain's first environment would build them; a later one would refuse (it never
+builds).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from hubploy_dagster.chain import load_chain
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Deployment, Hub
@@ -38,6 +40,7 @@ from hubploy_dagster.release import DeployOptions, hub_images, prepared_release
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import MASK, Masker, Sops
 from hubploy_dagster.session import HubSession
+from hubploy_dagster.settings import current
 
 SECRET_FIELDS = ("data", "stringData")
 
@@ -90,6 +93,7 @@ class DeployPlan:
     env: str
     old: str | None
     new: str
+    builds: bool = True  # whether `env` is the chain's first environment, the one that builds images
     hubs: list[HubPlan] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     to_build: list[str] = field(default_factory=list)
@@ -98,7 +102,7 @@ class DeployPlan:
 
     @property
     def images_verb(self) -> str:
-        return "to build" if self.env == "staging" else "missing (prod never builds: deploy would fail)"
+        return "to build" if self.builds else f"missing ({self.env} never builds: deploy would fail)"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,7 +157,9 @@ def plan_deploy(
 ) -> DeployPlan:
     changes = change_set(repo, old, new)
     after = changes.after
-    plan = DeployPlan(env, changes.old, after.sha, removed=changes.removed, problems=after.problems)
+    chain = load_chain(after.snapshot, current().branches)
+    builds = chain.before(env) is None
+    plan = DeployPlan(env, changes.old, after.sha, builds, removed=changes.removed, problems=after.problems)
     planner = _HubPlanner(repo, after, env, sops, log)
     for name in changes.changed:
         hub = after.hubs[name]
