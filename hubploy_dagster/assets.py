@@ -13,11 +13,11 @@ from typing import Any
 import dagster as dg
 
 from hubploy_dagster.build import BuildRequest, build_hub_images
+from hubploy_dagster.chain import Chain
 from hubploy_dagster.checks import release_health_checks
 from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
-from hubploy_dagster.chain import Chain
 from hubploy_dagster.keys import group_name, hub_pool, image_key, release_key
 from hubploy_dagster.policy import promotion, roll_back
 from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata

@@ -96,7 +96,11 @@ class Settings(BaseSettings):
     )
     branches: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_BRANCHES,
-        **_variable("HUBPLOY_BRANCHES", "the branches staging (the first) and prod (the last) follow, comma-separated"),
+        **_variable(
+            "HUBPLOY_BRANCHES",
+            "without `hubploy-environments.yaml` in the repository: the branches staging (the first) and prod "
+            "(the last) follow, comma-separated",
+        ),
     )
     sensor_interval: int = Field(30, gt=0, **_variable("HUBPLOY_SENSOR_INTERVAL", "seconds between sensor ticks"))
     webserver_url: str | None = Field(
