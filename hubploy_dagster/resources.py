@@ -11,11 +11,11 @@ import dagster as dg
 import docker
 from pydantic import Field
 
+from hubploy_dagster.chain import DEFAULT_ENVIRONMENTS
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.images import docker_client
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Sops
-from hubploy_dagster.chain import DEFAULT_ENVIRONMENTS
 
 TAG_HUB = "hub"
 TAG_ENV = "env"
