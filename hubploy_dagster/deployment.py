@@ -173,14 +173,17 @@ def _read_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProb
 
 
 def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProblem]:
+    """Image folders that do not exist: every build and deploy tags images from them.
+
+    The chart folder is not checked here: `hubploy build` needs none (image-only repositories are common),
+    so it is checked where it is used (`release.require_chart`, and `hubploy validate`).
+    """
     problems = []
     images = hub.config.images
     for index, image in enumerate(hub.images()):
         if not snapshot.is_dir(hub.image_dir(image)):
             key = f"images.images.{index}.path" if images and images.images else "images.image_name"
             problems.append(ConfigProblem(file, key, f"image folder {hub.image_dir(image)} does not exist"))
-    if not snapshot.is_dir(hub.config.chart):
-        problems.append(ConfigProblem(file, "chart", f"chart folder {hub.config.chart} does not exist"))
     return problems
 
 

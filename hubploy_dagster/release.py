@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hubploy_dagster.cloud import ClusterLogin
+from hubploy_dagster.config import DEFAULT_HELM_SUBSTITUTION_PATH, parse_yaml
 from hubploy_dagster.deployment import Deployment, Hub
-from hubploy_dagster.errors import HubployError
+from hubploy_dagster.errors import ConfigError, ConfigProblem, HubployError
 from hubploy_dagster.helm import Helm, HelmError, ImageValue, UpgradeRequest, prepare_dependencies
 from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
@@ -101,6 +102,65 @@ def refuse_secret_printing(options: DeployOptions, settings: Settings | None = N
         )
 
 
+def pinned_image(values: Any) -> dict[str, Any] | None:
+    """What one values file sets at `jupyterhub.singleuser.image` (hubploy 1.2's image reference), if anything."""
+    for part in DEFAULT_HELM_SUBSTITUTION_PATH.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values if isinstance(values, dict) else None
+
+
+def _pinned_images(deployment: Deployment, hub: Hub, env: str) -> list[tuple[str, dict[str, Any]]]:
+    """(file, image) of config/common.yaml and config/<env>.yaml (never secrets); unparsable files skipped."""
+    found = []
+    snapshot = deployment.snapshot
+    for values_file in deployment.values_files(hub, env):
+        if values_file.secret:
+            continue
+        label = snapshot.describe(values_file.path)
+        try:
+            image = pinned_image(parse_yaml(snapshot.read(values_file.path) or b"", label))
+        except ConfigError:
+            continue  # the values checks (helm, validate) name it
+        if image is not None:
+            found.append((label, image))
+    return found
+
+
+def pinned_image_problems(deployment: Deployment, hub: Hub, env: str) -> list[ConfigProblem]:
+    """hubploy 1.2's image sanity: an image name without a tag in config/common.yaml or config/<env>.yaml.
+
+    Each file is checked on its own (a tag in another file does not count), secrets not at all, as hubploy 1.2
+    does; only for a hub without an `images` block (there the deploy sets each image's tag).
+    """
+    if hub.images():
+        return []
+    return [
+        ConfigProblem(
+            label,
+            DEFAULT_HELM_SUBSTITUTION_PATH,
+            f"image name {str(image['name'])!r} has no tag: pin one in {DEFAULT_HELM_SUBSTITUTION_PATH}.tag "
+            "(hubploy 1.2 refuses an image without a tag)",
+        )
+        for label, image in _pinned_images(deployment, hub, env)
+        if image.get("name") and image.get("tag") in (None, "")
+    ]
+
+
+def refuse_untagged_images(session: HubSession) -> None:
+    """A hub whose values pin an image name without a tag is not deployed (hubploy 1.2); no image at all warns."""
+    deployment, hub, env = session.deployment, session.hub, session.env
+    if hub.images():
+        return
+    problems = pinned_image_problems(deployment, hub, env)
+    if problems:
+        raise ConfigError(problems)
+    if not any(image.get("name") for _, image in _pinned_images(deployment, hub, env)):
+        session.log(
+            f"warning: {hub.name} has no `images` block and no {DEFAULT_HELM_SUBSTITUTION_PATH}.name in "
+            f"config/common.yaml or config/{env}.yaml: the chart's default image is deployed"
+        )
+
+
 def hub_images(repo: DeploymentRepo, deployment: Deployment, hub: Hub) -> list[ImageValue]:
     return [ImageValue(i.helm_substitution_path, i.name, tag) for i, _, tag in hub_image_tags(repo, deployment, hub)]
 
@@ -120,6 +180,21 @@ def require_images_in_registry(session: HubSession, images: list[ImageValue]) ->
 def extract_folder(repo: DeploymentRepo, sha: str, folder: str, target: Path) -> Path:
     extract_tar(repo.archive(sha, folder), target)
     return target
+
+
+def require_chart(deployment: Deployment, hub: Hub, chart_path: str | None = None) -> None:
+    """The chart folder exists at the commit; checked where a chart is used (a build needs none).
+
+    The hub's own `chart` key is named as the problem's file and key; a chart given on the command line
+    (hubploy's CHART argument, when it is not the hub's) is named as such.
+    """
+    chart_path = chart_path or hub.config.chart
+    if deployment.snapshot.is_dir(chart_path):
+        return
+    if chart_path == hub.config.chart:
+        file = deployment.snapshot.describe(hub.config_path)
+        raise ConfigError.single(file, "chart", f"chart folder {chart_path} does not exist")
+    raise HubployError(f"chart folder {chart_path} (the CHART argument) does not exist at {deployment.sha[:7]}")
 
 
 @dataclass(frozen=True)
@@ -145,8 +220,7 @@ def prepared_release(
     settings = hub.config.helm
     values_files = deployment.values_files(hub, env)
     chart_path = options.chart or hub.config.chart
-    if not snapshot.is_dir(chart_path):
-        raise HubployError(f"chart folder {chart_path} does not exist at {deployment.sha[:7]}")
+    require_chart(deployment, hub, chart_path)
     plain = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if not f.secret]
     secret = [(snapshot.describe(f.path), snapshot.read(f.path) or b"") for f in values_files if f.secret]
     refuse_git_crypt(plain)
@@ -202,6 +276,7 @@ def render_hub(session: HubSession) -> str:
 
 def deploy_hub(session: HubSession, options: DeployOptions) -> ReleaseResult:
     refuse_secret_printing(options)
+    refuse_untagged_images(session)
     hub, env, sha, log = session.hub, session.env, session.sha, session.log
     started = time.monotonic()
     images = hub_images(session.repo, session.deployment, hub)

@@ -4,9 +4,11 @@ A deploy stops at the first problem it meets; a pull request wants every problem
 here records what it finds and carries on: the schema of every `hubploy.yaml`, the files they reference
 (image folders and what builds them, the chart, `watch_paths`, credentials files), the values files
 (present, valid YAML), every file under a hub's `secrets/` (sops-encrypted, and decryptable with the key at
-hand), and finally each hub's values rendered with the real chart (`helm template`) for every environment,
-which also checks them against the chart's values schema. A render is skipped only when a file it reads
-already has a problem (it would fail on that same file again).
+hand), an image name pinned without a tag (hubploy 1.2's check, for hubs without an `images` block), and
+finally each hub's values rendered with the real chart (`helm template`) for every environment of the
+repository's chain (`hubploy-environments.yaml`, by default staging and prod), which also checks them
+against the chart's values schema. A render is skipped only when a file it reads already has a problem (it
+would fail on that same file again), and every render of a hub whose chart folder is missing.
 
 Secret values never reach a problem's text: every decrypted value goes into the Masker that masks them.
 """
@@ -20,16 +22,16 @@ from typing import Any
 
 from git.objects import Blob, Tree
 
+from hubploy_dagster.chain import Chain, default_chain, load_chain
 from hubploy_dagster.config import parse_yaml
 from hubploy_dagster.deployment import Deployment, Hub, load_deployment
 from hubploy_dagster.errors import ConfigError, ConfigProblem, HubployError
 from hubploy_dagster.helm import HelmError
 from hubploy_dagster.images import BuildError, recipe_for
-from hubploy_dagster.release import render_hub
+from hubploy_dagster.release import pinned_image_problems, render_hub
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Masker, SecretError, Sops, decrypted_files
 from hubploy_dagster.session import HubSession
-from hubploy_dagster.settings import ENVIRONMENTS
 
 SCHEMA_FAILURE = "values don't meet the specifications of the schema(s)"
 SCHEMA_ITEM = re.compile(r"^- (?P<path>[^:]+): (?P<reason>.+)$")
@@ -47,24 +49,28 @@ class ValidationReport:
     problems: list[ConfigProblem] = field(default_factory=list)
 
 
-def hub_environments(hub: Hub) -> list[str]:
-    """staging and prod, and any other environment the hub declares in `environments`."""
-    return [*ENVIRONMENTS, *sorted(set(hub.config.environments) - set(ENVIRONMENTS))]
-
-
 def validate_repository(
     repo: DeploymentRepo, rev: str, sops: Sops, log: Callable[[str], None] = lambda line: None
 ) -> ValidationReport:
-    deployment = load_deployment(repo.snapshot(rev))
+    """Every problem at `rev`; each hub is rendered for every environment of the repository's chain there."""
+    snapshot = repo.snapshot(rev)
+    deployment = load_deployment(snapshot)
     report = ValidationReport(deployment.sha, sorted(deployment.hubs), problems=list(deployment.problems))
+    try:
+        chain = load_chain(snapshot)  # only its environments matter here, not the branches they follow
+    except ConfigError as exc:
+        report.problems += exc.problems
+        chain = default_chain()
     masker = Masker()
     for name in report.hubs:
         hub = deployment.hubs[name]
-        checks = _HubChecks(repo, deployment, hub, sops, masker)
+        checks = _HubChecks(repo, deployment, hub, sops, masker, chain)
         checks.run_static()
         failed_files = {p.file for p in checks.problems}
-        for env in hub_environments(hub):
-            report.renders += checks.render(env, failed_files, log)
+        checks.check_pinned_images()  # after: a tagless image is no reason to skip a file's render
+        if checks.chart_exists():
+            for env in chain.names:
+                report.renders += checks.render(env, failed_files, log)
         report.problems += checks.problems
     report.problems = [ConfigProblem(p.file, p.key, masker(p.reason)) for p in report.problems]
     return report
@@ -79,6 +85,7 @@ class _HubChecks:
     hub: Hub
     sops: Sops
     masker: Masker
+    chain: Chain
     problems: list[ConfigProblem] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)  # file label -> parsed values (secrets: keys only)
 
@@ -92,8 +99,12 @@ class _HubChecks:
     def run_static(self) -> None:
         self.check_images()
         self.check_referenced_paths()
+        self.check_environments()
         self.check_values_files()
         self.check_secrets()
+
+    def chart_exists(self) -> bool:
+        return self.deployment.snapshot.is_dir(self.hub.config.chart)
 
     def check_images(self) -> None:
         snapshot = self.deployment.snapshot
@@ -105,6 +116,8 @@ class _HubChecks:
 
     def check_referenced_paths(self) -> None:
         snapshot = self.deployment.snapshot
+        if not self.chart_exists():  # a build needs no chart: discovery keeps the hub, deploys and validate refuse
+            self.problem(self.config_file, "chart", f"chart folder {self.hub.config.chart} does not exist")
         for index, path in enumerate(self.hub.config.watch_paths):
             if not snapshot.exists(path):
                 self.problem(self.config_file, f"watch_paths.{index}", f"{path} does not exist")
@@ -125,11 +138,25 @@ class _HubChecks:
                         found.append((f"{section}.{block.provider}.{name}", getattr(settings, name)))
         return found
 
+    def check_environments(self) -> None:
+        """The hub's `environments` settings are for environments of the chain: any other is never deployed."""
+        chain = " -> ".join(self.chain.names)
+        for env in sorted(set(self.hub.config.environments) - set(self.chain.names)):
+            reason = f"{env!r} is not an environment of {self.chain.source} ({chain}): it is never deployed"
+            self.problem(self.config_file, f"environments.{env}", reason)
+
+    def check_pinned_images(self) -> None:
+        """hubploy 1.2: an image name without a tag in a hub's config files (hubs without an `images` block)."""
+        known = {(p.file, p.key) for p in self.problems}
+        for env in self.chain.names:
+            for problem in pinned_image_problems(self.deployment, self.hub, env):
+                if (problem.file, problem.key) not in known:  # common.yaml is read by every environment
+                    known.add((problem.file, problem.key))
+                    self.problems.append(problem)
+
     def check_values_files(self) -> None:
         snapshot = self.deployment.snapshot
-        paths = sorted(
-            {f.path for env in hub_environments(self.hub) for f in self.deployment.values_files(self.hub, env)}
-        )
+        paths = sorted({f.path for env in self.chain.names for f in self.deployment.values_files(self.hub, env)})
         for path in paths:
             if path.startswith(f"{self.hub.path}/config/"):
                 label = snapshot.describe(path)
