@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from hubploy_dagster.build import BuildRequest, build_hub_images
+from hubploy_dagster.chain import load_chain
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
@@ -29,7 +30,7 @@ from hubploy_dagster.release import DeployOptions, deploy_hub, refuse_secret_pri
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import Sops
 from hubploy_dagster.session import HubSession
-from hubploy_dagster.settings import ENVIRONMENTS, Settings, SettingsError, current
+from hubploy_dagster.settings import Settings, SettingsError, current
 from hubploy_dagster.tags import ImageTagIndex, deployment_image_tags
 from hubploy_dagster.validate import validate_repository
 
@@ -218,6 +219,10 @@ def build(
 def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str, rev: str, **helm_flags: Any) -> None:
     """Deploy HUB's ENVIRONMENT release with the helm CHART folder, as `hubploy deploy` does.
 
+    ENVIRONMENT is one of the repository's chain at --rev (`hubploy-environments.yaml`; without it staging and
+    prod). The deploy talks to the cluster only, as hubploy's does; --check-registry first checks that the
+    hub's image tags are in its registry (what the Dagster release assets always do).
+
     hubploy's deploy exactly: no health checks, no promotion gate. When DAGSTER_HOME is set, the deploy is also
     recorded in that Dagster instance as a materialization of the hub's release marked `launched_by: cli` (it
     runs here, not in a Dagster run), so `hubploy history` and the UI list it beside the sensor's deploys.
@@ -227,7 +232,10 @@ def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str
     refuse_secret_printing(options, settings)
     deployment_repo = DeploymentRepo(repo)
     log = lambda line: click.echo(line, err=True)  # noqa: E731
-    session = HubSession.at(deployment_repo, rev, hub, environment, Sops(), log)
+    snapshot = deployment_repo.snapshot(rev)
+    load_chain(snapshot, settings.branches).require(environment)  # the environments of the repository at --rev
+    deployment = load_deployment(snapshot)
+    session = HubSession(deployment, deployment.hub(hub), environment, Sops(), log)
     result = deploy_hub(session, options)
     if settings.dagster_home and not options.dry_run:
         # Dagster, only when recording
@@ -243,7 +251,7 @@ def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str
 
 @main.command()
 @click.argument("hub", required=False)
-@click.option("--env", type=click.Choice(ENVIRONMENTS), help="Only this environment.")
+@click.option("--env", help="Only this environment (any the instance recorded, in the chain or not any more).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest entries to list.")
 @click.option("--repo", help="Deployment repository for commit authors [default: HUBPLOY_REPO].")
 @json_option
@@ -291,7 +299,7 @@ def validate(repo: str, rev: str) -> None:
 
 @main.command()
 @repo_option
-@click.option("--env", default="staging", show_default=True, type=click.Choice(ENVIRONMENTS), help="Environment.")
+@click.option("--env", help="Environment of the repository's chain [default: its first].")
 @click.option(
     "--from", "from_rev", help="Plan the hubs changed since this commit (default: every hub against its release)."
 )
@@ -299,10 +307,18 @@ def validate(repo: str, rev: str) -> None:
 @json_option
 @pass_settings
 @reports_errors
-def plan(settings: Settings, repo: str, env: str, from_rev: str | None, to_rev: str | None, as_json: bool) -> None:
-    """What deploying ENV at a commit would change: hubs, images to build, and a diff of each hub's resources."""
+def plan(
+    settings: Settings, repo: str, env: str | None, from_rev: str | None, to_rev: str | None, as_json: bool
+) -> None:
+    """What deploying ENV at a commit would change: hubs, images to build, and a diff of each hub's resources.
+
+    The environments are the repository's chain at --to (without it, at the repository's HEAD, as the code
+    location reads it); without --to, the commit is the head of the branch ENV follows.
+    """
     deployment_repo = DeploymentRepo(repo)
-    new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, settings.branch(env))
+    chain = load_chain(deployment_repo.snapshot(to_rev or "HEAD"), settings.branches)
+    env = chain.require(env) if env else chain.first
+    new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, chain.branch(env))
     result = plan_deploy(deployment_repo, env, new, from_rev, Sops(), lambda line: click.echo(line, err=True))
     if as_json:
         _emit_json(result.to_json())
