@@ -159,6 +159,20 @@ class ClusterLogin:
         return Helm(env=self.env, masker=masker, log=log, kube_context=self.kube_context)
 
 
+def _application_default_credentials(env: dict[str, str]) -> None:
+    """gcloud (and the kubeconfig's auth plugin) with the application default credentials, as hubploy 1.2 logs in.
+
+    GOOGLE_APPLICATION_CREDENTIALS (a key file or a workload identity federation configuration, as CI
+    providers' auth actions write) becomes gcloud's credential file, unless the operator already set gcloud's
+    own override; without it gcloud uses what the machine has (its active account, or the metadata server of a
+    GCE or GKE machine). No key is activated and the machine's gcloud configuration is left as it is: only
+    the kubeconfig is private.
+    """
+    adc = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if adc and not env.get("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE"):
+        env["CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE"] = adc
+
+
 @contextmanager
 def cluster_login(hub: Hub, snapshot: Snapshot, namespace: str, sops: Sops, masker: Masker) -> Iterator[ClusterLogin]:
     """Credentials for the hub's cluster in a private KUBECONFIG, for the length of the block only.
@@ -183,15 +197,17 @@ def cluster_login(hub: Hub, snapshot: Snapshot, namespace: str, sops: Sops, mask
         if cluster.gcloud is not None:
             gke = cluster.gcloud
             gcloud = find_tool("gcloud", purpose)
-            env["CLOUDSDK_CONFIG"] = str(folder / "gcloud")
-            with ExitStack() as stack:
-                if gke.service_key:
-                    key_file = stack.enter_context(
-                        _hub_secret(hub, snapshot, gke.service_key, f"{key}.service_key", sops, masker)
-                    )
+            if gke.service_key:  # hubploy classic: the hub's key, activated in a private gcloud configuration
+                env["CLOUDSDK_CONFIG"] = str(folder / "gcloud")
+                with _hub_secret(hub, snapshot, gke.service_key, f"{key}.service_key", sops, masker) as key_file:
                     _run([gcloud, "auth", "activate-service-account", f"--key-file={key_file}"], env, masker, purpose)
-                credentials = [gcloud, "container", "clusters", f"--zone={gke.zone}", f"--project={gke.project}"]
-                _run([*credentials, "get-credentials", gke.cluster], env, masker, purpose)
+                    credentials = [gcloud, "container", "clusters", f"--zone={gke.zone}", f"--project={gke.project}"]
+                    _run([*credentials, "get-credentials", gke.cluster], env, masker, purpose)
+                    yield ClusterLogin(env, None)
+            else:  # hubploy 1.2: keyless, the machine's application default credentials
+                _application_default_credentials(env)
+                credentials = [gcloud, "container", "clusters", "get-credentials", gke.cluster]
+                _run([*credentials, f"--zone={gke.zone}", f"--project={gke.project}"], env, masker, purpose)
                 yield ClusterLogin(env, None)
         elif cluster.aws is not None:
             eks = cluster.aws
