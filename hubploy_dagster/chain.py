@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hubploy_dagster.config import parse_yaml, problem_from_pydantic
-from hubploy_dagster.errors import ConfigError, HubployError
-from hubploy_dagster.repo import Snapshot
+from hubploy_dagster.errors import ConfigError, GitError, HubployError
+from hubploy_dagster.repo import DeploymentRepo, Snapshot
 
 CHAIN_FILE = "hubploy-environments.yaml"
 DEFAULT_ENVIRONMENTS = ("staging", "prod")
@@ -116,3 +116,16 @@ def load_chain(snapshot: Snapshot, branches: Sequence[str] = DEFAULT_ENVIRONMENT
     except ValidationError as exc:
         raise ConfigError([problem_from_pydantic(file, error) for error in exc.errors()]) from None
     return Chain({entry.name: entry.branch or entry.name for entry in parsed.environments}, file)
+
+
+def repository_chain(repo: DeploymentRepo, branches: Sequence[str] = DEFAULT_ENVIRONMENTS) -> Chain:
+    """The chain the code location follows: read at the repository's HEAD (its default branch), or, when HEAD
+    names no commit (a bare repository whose default branch was never pushed), at the first of `branches`."""
+    heads = repo.heads(list(branches))
+    for rev in ["HEAD", *(heads[b] for b in branches if b in heads)]:
+        try:
+            snapshot = repo.snapshot(rev)
+        except GitError:
+            continue
+        return load_chain(snapshot, branches)
+    return default_chain(branches)

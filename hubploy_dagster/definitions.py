@@ -16,7 +16,7 @@ import functools
 import dagster as dg
 
 from hubploy_dagster.assets import hub_assets
-from hubploy_dagster.chain import Chain, load_chain
+from hubploy_dagster.chain import Chain, repository_chain
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.keys import group_name
@@ -44,7 +44,7 @@ def build_definitions(source: str, settings: Settings | None = None) -> dg.Defin
     """The definitions for the deployment repository at `source` (default settings: the environment's)."""
     settings = settings or current()
     repo = DeploymentRepo(source)
-    chain = load_chain(repo.snapshot("HEAD"), settings.branches)
+    chain = repository_chain(repo, settings.branches)
     hubs = hubs_on_branches(repo, list(chain.branches.values()))
     groups: dict[str, str] = {}
     for hub in hubs:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import git
 import pytest
 from services.repos import RepoBuilder
 
-from hubploy_dagster.chain import CHAIN_FILE, UnknownEnvironmentError, default_chain, load_chain
+from hubploy_dagster.chain import CHAIN_FILE, UnknownEnvironmentError, default_chain, load_chain, repository_chain
 from hubploy_dagster.errors import ConfigError
+from hubploy_dagster.repo import DeploymentRepo
 
 
 def chain_at(builder: RepoBuilder, text: str | None):
@@ -53,3 +55,16 @@ def test_a_bad_chain_file_names_the_file_key_and_reason(repo_builder: RepoBuilde
         chain_at(repo_builder, text)
     [problem] = caught.value.problems
     assert problem.file.startswith(CHAIN_FILE) and problem.key == key and reason in problem.reason, problem
+
+
+def test_the_code_location_reads_the_chain_at_head_or_else_the_first_branch(repo_builder: RepoBuilder, tmp_path):
+    """A bare repository whose HEAD names a branch never pushed: the chain comes from the first branch."""
+    repo_builder.commit("chain", {CHAIN_FILE: "environments: [{name: live, branch: staging}]\n"})
+    bare = tmp_path / "origin.git"
+    git.Repo.init(bare, bare=True, initial_branch="main")
+    repo_builder.repo.git.push(str(bare), "staging:refs/heads/staging")
+    assert repository_chain(DeploymentRepo(str(bare)), ("staging", "prod")).names == ("live",)
+    assert repository_chain(repo_builder.open()).names == ("live",), "HEAD (staging) holds the file"
+    empty = tmp_path / "empty.git"
+    git.Repo.init(empty, bare=True)
+    assert repository_chain(DeploymentRepo(str(empty))).names == ("staging", "prod")
