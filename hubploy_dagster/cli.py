@@ -67,9 +67,21 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Accepted for hubploy 1.2's command lines: progress is always logged."
+)
+@click.option(
+    "-d", "--debug", is_flag=True, help="Accepted for hubploy 1.2's command lines: progress is always logged."
+)
+@click.option(
+    "-D", "--helm-debug", "global_helm_debug", is_flag=True, help="hubploy 1.2's place of deploy's -D: helm --debug."
+)
 @click.pass_context
-def main(ctx: click.Context) -> None:
-    """Continuous deployment of JupyterHubs: hubploy's workflow with Dagster's lineage, checks and UI."""
+def main(ctx: click.Context, verbose: bool, debug: bool, global_helm_debug: bool) -> None:
+    """Continuous deployment of JupyterHubs: hubploy's workflow with Dagster's lineage, checks and UI.
+
+    hubploy 1.2's global flags are accepted where its CI puts them (`hubploy --verbose deploy ...`).
+    """
     try:
         ctx.obj = current()
     except SettingsError as exc:
@@ -228,6 +240,9 @@ def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str
     runs here, not in a Dagster run), so `hubploy history` and the UI list it beside the sensor's deploys.
     """
     repeated = {key: list(helm_flags.pop(key)) for key in ("set_values", "set_string_values")}
+    helm_flags["helm_debug"] = helm_flags["helm_debug"] or click.get_current_context().find_root().params.get(
+        "global_helm_debug", False
+    )
     options = DeployOptions(chart=chart.rstrip("/"), **repeated, **helm_flags)
     refuse_secret_printing(options, settings)
     deployment_repo = DeploymentRepo(repo)

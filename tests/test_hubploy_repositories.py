@@ -208,7 +208,8 @@ def test_classic_repository_without_a_chain_file_has_staging_and_prod(shape: Sha
 def test_hubploy_1_2_repository_deploys_to_every_environment_of_its_chain(shape: Shape, tmp_path, monkeypatch):
     hubploy_1_2(shape, tmp_path, monkeypatch)
     for env, limit in (("develop", "512M"), ("staging", "1G"), ("prod", "2G")):
-        result = shape.deploy(env)
+        # datahub's CI command line: hubploy 1.2's global --verbose, then deploy's flags
+        result = shape.cli("--verbose", "deploy", "--timeout", "30m", shape.hub, "hub", env)
         assert result.exit_code == 0, result.output
         assert result.stdout == f"{shape.release(env)}\t{shape.release(env)}\trevision 1\tdeployed\n"
         singleuser = shape.values(env)["jupyterhub"]["singleuser"]
@@ -259,6 +260,9 @@ def test_hubploy_1_2_deploy_and_plan_take_only_environments_of_the_chain(shape: 
     assert f"{shape.hub}-qa" not in shape.cluster.namespaces()
     result = shape.cli("plan", "--env", "qa")
     assert result.exit_code == 1 and result.stderr == f"error: {refusal}\n", result.output
+    monkeypatch.setenv("CI", "true")  # hubploy 1.2's global -D is its deploy's helm --debug: refused in CI
+    result = shape.cli("-D", "deploy", shape.hub, "hub", "develop")
+    assert result.exit_code == 1 and "refused because CI is set" in result.stderr, result.output
 
 
 def test_hubploy_1_2_cli_deploys_are_recorded_per_environment(shape: Shape, tmp_path, monkeypatch):
