@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from hubploy_dagster.build import BuildRequest, build_hub_images
-from hubploy_dagster.chain import load_chain
+from hubploy_dagster.chain import load_chain, repository_chain
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.config import json_schema
 from hubploy_dagster.deployment import load_deployment
@@ -327,11 +327,14 @@ def plan(
 ) -> None:
     """What deploying ENV at a commit would change: hubs, images to build, and a diff of each hub's resources.
 
-    The environments are the repository's chain at --to (without it, at the repository's HEAD, as the code
-    location reads it); without --to, the commit is the head of the branch ENV follows.
+    The environments are the repository's chain at --to (without it, the chain the code location follows:
+    at the repository's HEAD); without --to, the commit is the head of the branch ENV follows.
     """
     deployment_repo = DeploymentRepo(repo)
-    chain = load_chain(deployment_repo.snapshot(to_rev or "HEAD"), settings.branches)
+    if to_rev:
+        chain = load_chain(deployment_repo.snapshot(to_rev), settings.branches)
+    else:
+        chain = repository_chain(deployment_repo, settings.branches)
     env = chain.require(env) if env else chain.first
     new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, chain.branch(env))
     result = plan_deploy(deployment_repo, env, new, from_rev, Sops(), lambda line: click.echo(line, err=True))
