@@ -146,6 +146,14 @@ def pinned_image_problems(deployment: Deployment, hub: Hub, env: str) -> list[Co
     ]
 
 
+def pinned_reference(deployment: Deployment, hub: Hub, env: str) -> str | None:
+    """The `name:tag` the values of a hub without an `images` block deploy (a later file wins), if they pin one."""
+    merged: dict[str, Any] = {}
+    for _, image in _pinned_images(deployment, hub, env):
+        merged.update({k: v for k, v in image.items() if k in ("name", "tag") and v not in (None, "")})
+    return f"{merged['name']}:{merged['tag']}" if {"name", "tag"} <= merged.keys() else None
+
+
 def refuse_untagged_images(session: HubSession) -> None:
     """A hub whose values pin an image name without a tag is not deployed (hubploy 1.2); no image at all warns."""
     deployment, hub, env = session.deployment, session.hub, session.env
@@ -305,7 +313,8 @@ def deploy_hub(session: HubSession, options: DeployOptions) -> ReleaseResult:
         revision=latest.get("revision"),
         status=latest.get("status", "dry-run" if options.dry_run else "unknown"),
         chart=latest.get("chart", ""),
-        images=[f"{i.name}:{i.tag}" for i in images],
+        images=[f"{i.name}:{i.tag}" for i in images]
+        or [p for p in [pinned_reference(session.deployment, hub, env)] if p],
         values_digest=digest,
         seconds=round(time.monotonic() - started, 3),
         url=hub.url(env),

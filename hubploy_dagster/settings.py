@@ -8,9 +8,8 @@ and validates the environment once and keeps the result; it parses again only wh
 reads has changed (never in a deployed process; in tests that set them with monkeypatch, at once), and
 `reset()` forgets it explicitly.
 
-The environments and the branch each follows are mapped in one place, `environment_branches` (and
-`env_branch`, which the settings and the Dagster resource of the deployment repository use): staging follows
-the first branch of HUBPLOY_BRANCHES and prod the last.
+The environments and their branches are repository configuration (`hubploy_dagster.chain`); HUBPLOY_BRANCHES
+only names the branches of the default chain.
 
 Variables of other tools that are only passed through to them (KUBECONFIG, HELM_*, the cloud CLIs' own,
 XDG_CACHE_HOME) are not settings: the subprocesses get a copy of the environment.
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,8 +32,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hubploy_dagster.errors import HubployError
 
-# The environments every hub has, in promotion order: staging deploys the image, prod promotes what staging ran.
-ENVIRONMENTS = ("staging", "prod")
 DEFAULT_BRANCHES = ("staging", "prod")
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -58,16 +55,6 @@ README_END = "<!-- end of the settings table -->"
 
 class SettingsError(HubployError):
     """A variable of the environment has a value hubploy-dagster cannot use (the message names it)."""
-
-
-def environment_branches(branches: Sequence[str]) -> dict[str, str]:
-    """The branch each environment follows: staging the first of `branches`, prod the last (one: both)."""
-    return {ENVIRONMENTS[0]: branches[0], ENVIRONMENTS[-1]: branches[-1]}
-
-
-def env_branch(env: str, branches: Sequence[str]) -> str:
-    """The branch `env` follows (an environment that is not staging or prod follows its namesake branch)."""
-    return environment_branches(branches).get(env, env)
 
 
 def _variable(name: str, description: str, shown_default: str | None = None) -> dict[str, Any]:
@@ -206,15 +193,6 @@ class Settings(BaseSettings):
     def _any_value_is_set(cls, value: Any) -> Any:
         """CI systems set CI to `true`, `1`, their name...: any value counts (the guard errs on the safe side)."""
         return bool(value) if isinstance(value, str) else value
-
-    @property
-    def env_branches(self) -> dict[str, str]:
-        """Each environment and the branch it follows."""
-        return environment_branches(self.branches)
-
-    def branch(self, env: str) -> str:
-        """The branch `env` follows (an environment that is not staging or prod follows its namesake branch)."""
-        return env_branch(env, self.branches)
 
     def require_repo(self) -> str:
         if not self.repo:

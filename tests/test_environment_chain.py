@@ -127,6 +127,7 @@ def test_a_hubploy_12_hub_goes_develop_staging_prod_through_sensor_gate_and_chec
         deployer.run(request)
         released = deployer.released(hub, env)
         assert released["namespace"] == f"{hub}-{env}"
+        assert released["image"] == "quay.io/jupyter/base-notebook:2024-07-01", "the image its values pin"
         assert Helm().status(f"{hub}-{env}", f"{hub}-{env}")["info"]["status"] == "deployed"
         if env != "develop":
             before = {"staging": "develop", "prod": "staging"}[env]
