@@ -23,10 +23,12 @@ into a scratch bare mirror (hard links: the cached repositories are never writte
   instance:
     (a) no new commit: one `git ls-remote`, the common case;
     (b) one new commit on staging touching one hub's config (a local path: no fetch): change set + plan;
-    (c) first tick, no cursor, nothing deployed: plans every hub on both branches, reading each hub's last
-        release materialization from the instance (2N look-ups), and requests 2N runs;
-    (c') first tick, no cursor, every hub already deployed as committed (a lost cursor): the same look-ups,
-        0 runs requested.
+    (c) first tick, no cursor, nothing deployed: plans every hub on both branches and requests N staging
+        runs; prod waits at the promotion gate (N look-ups of a healthy staging mark, none found);
+    (d) the next tick once staging's releases and healthy marks are recorded (as the runs and their checks
+        record them, through `hubploy_dagster.record`): N prod runs;
+    (c') first tick, no cursor, every hub already deployed as committed (a lost cursor): 0 runs requested.
+  Each tick asserts the runs it requested and the cursor it left; the JSON report counts them (`requests`).
 
 It also counts, untimed, how many times one load calls `build_definitions`. Every figure is measured in this
 run on this machine, and the ratios N/1 are computed from them.
@@ -57,7 +59,7 @@ from typing import Any
 from common import Timing, git, machine, measure, progress
 from synthetic_repo import DEFAULT_WORKDIR, SyntheticRepo, SyntheticRepoSpec, ensure_repo
 
-BRANCHES = {"staging": "staging", "prod": "prod"}  # environment -> branch, as the code location's defaults
+BRANCHES = {"staging": "staging", "prod": "prod"}  # environment -> branch: the default chain (the ticks check it)
 SENSOR_NAME = "git_branches"
 VALIDATE_OK = "All code locations passed validation"
 VENV_BIN = Path(sys.executable).parent
@@ -286,14 +288,24 @@ def commit_one_hub(path: Path, hub_path: str, parent: str) -> str:
 
 
 def measure_ticks(path: Path, hub: str, repeat: int, profile_top: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(a), (b), (c), (c') on the mirror at `path`; `hub` gets the new commit. Returns figures and facts."""
+    """(a), (b), (c), (d), (c') on the mirror at `path`; `hub` gets the new commit. Returns figures and facts.
+
+    Every case asserts the runs the sensor requests; `facts["requests"]` counts them per case and environment.
+    """
     import dagster as dg
 
+    from hubploy_dagster.chain import repository_chain
     from hubploy_dagster.definitions import build_definitions
     from hubploy_dagster.deployment import load_deployment
     from hubploy_dagster.keys import release_key
+    from hubploy_dagster.policy import awaiting_promotion
+    from hubploy_dagster.record import FINGERPRINT, GIT_SHA, DeployRecord, Healthy, observation
     from hubploy_dagster.repo import DeploymentRepo
 
+    repo = DeploymentRepo(path)
+    chain = repository_chain(repo)  # what the code location follows
+    assert chain.branches == BRANCHES, chain  # a synthetic repository has no hubploy-environments.yaml
+    first, promoted = chain.names
     started = time.perf_counter()
     defs = build_definitions(str(path))
     defs.get_repository_def()  # a code server has resolved its definitions before the first tick
@@ -301,6 +313,7 @@ def measure_ticks(path: Path, hub: str, repeat: int, profile_top: int) -> tuple[
     facts: dict[str, Any] = {
         "definitions_in_process_s": time.perf_counter() - started,
         "interval_s": sensor.minimum_interval_seconds,
+        "requests": {},
     }
     instance = dg.DagsterInstance.ephemeral()
 
@@ -310,34 +323,44 @@ def measure_ticks(path: Path, hub: str, repeat: int, profile_top: int) -> tuple[
         )
         return sensor(context)
 
-    def requests(result: Any) -> list[tuple[str, str]]:
+    def expect(case: str, result: Any, wanted: list[tuple[str, str]], cursor: dict[str, str]) -> None:
+        """The tick requested exactly `wanted` (hub, env) runs and left `cursor`; counted in the facts first."""
         assert isinstance(result, dg.SensorResult), result
-        return [(r.tags["hub"], r.tags["env"]) for r in result.run_requests or []]
+        got = sorted((r.tags["hub"], r.tags["env"]) for r in result.run_requests or [])
+        facts["requests"][case] = {env: sum(1 for _, e in got if e == env) for env in chain.names}
+        assert got == sorted(wanted), (case, len(got), len(wanted), got[:4])
+        assert json.loads(result.cursor) == cursor, (case, result.cursor)
 
-    old = git(path, "rev-parse", "refs/heads/staging")
-    prod = git(path, "rev-parse", "refs/heads/prod")
+    old = git(path, "rev-parse", f"refs/heads/{chain.branch(first)}")
+    prod = git(path, "rev-parse", f"refs/heads/{chain.branch(promoted)}")
     hub_path = f"hubs/{hub}"
     new = commit_one_hub(path, hub_path, old)
-    heads = {"staging": new, "prod": prod}
-    hubs = sorted(load_deployment(DeploymentRepo(path).snapshot(new)).hubs)
+    heads = {chain.branch(first): new, chain.branch(promoted): prod}
+    at_new, at_prod = load_deployment(repo.snapshot(new)), load_deployment(repo.snapshot(prod))
+    hubs = sorted(at_new.hubs)
+    assert sorted(at_prod.hubs) == hubs, "the synthetic history never adds or removes a hub"
+    new_fingerprints = {name: at_new.fingerprint(at_new.hubs[name]) for name in hubs}
+    prod_fingerprints = {name: at_prod.fingerprint(at_prod.hubs[name]) for name in hubs}
     figures: dict[str, Any] = {}
 
     progress("  (a) no new commit ...")
     figures["tick_idle"], result = measure(repeat, lambda: tick(heads))
     assert isinstance(result, dg.SkipReason), result
+    facts["requests"]["idle"] = dict.fromkeys(chain.names, 0)
 
     progress("  (b) one new commit touching one hub ...")
-    figures["tick_one"], result = measure(repeat, lambda: tick({"staging": old, "prod": prod}))
-    assert requests(result) == [(hub, "staging")], requests(result)
-    assert json.loads(result.cursor) == heads
+    figures["tick_one"], result = measure(repeat, lambda: tick({**heads, chain.branch(first): old}))
+    expect("one", result, [(hub, first)], heads)
 
-    progress("  (c) first tick, nothing deployed ...")
+    progress(f"  (c) first tick, nothing deployed: {first} for every hub, {promoted} waits for its checks ...")
     figures["tick_first"], result = measure(repeat, lambda: tick(None))
-    expected = sorted((name, env) for name in hubs for env in BRANCHES)
-    assert sorted(requests(result)) == expected, (len(requests(result)), len(expected))
-    facts["first_tick_requests"] = len(expected)
-    keys = [release_key(name, env) for name in hubs for env in BRANCHES]
-    figures["lookups_batched"], _ = measure(repeat, lambda: instance.get_latest_materialization_events(keys))
+    # The promotion gate: prod is asked for only once staging passed its checks; its cursor stays meanwhile.
+    expect("first", result, [(name, first) for name in hubs], {chain.branch(first): new})
+    record = DeployRecord(instance)
+    figures["gate_lookups"], waiting = measure(
+        repeat, lambda: awaiting_promotion(record, first, hubs, prod_fingerprints)
+    )
+    assert waiting == hubs, waiting[:5]
     profile = ""
     if profile_top:
         profiler = cProfile.Profile()
@@ -348,19 +371,36 @@ def measure_ticks(path: Path, hub: str, repeat: int, profile_top: int) -> tuple[
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(profile_top)
         profile = text.getvalue()
 
+    progress(f"  (d) {first} healthy, the next tick promotes every hub to {promoted} ...")
+    # What the staging runs and their checks leave, as they record it: each hub's staging release (the
+    # fingerprint the sensor compares) and healthy marks. prod is a first-parent ancestor of staging, so staging
+    # deployed prod's commit on its way and its checks passed then: that configuration is marked healthy first.
+    recording = time.perf_counter()
+    for name in hubs:
+        for event in (
+            observation(name, first, Healthy(1, prod_fingerprints[name], prod)),
+            dg.AssetMaterialization(
+                release_key(name, first), metadata={FINGERPRINT: new_fingerprints[name], GIT_SHA: new}
+            ),
+            observation(name, first, Healthy(2, new_fingerprints[name], new)),
+        ):
+            instance.report_runless_asset_event(event)
+    facts["record_first_s"] = time.perf_counter() - recording
+    facts["prod_configuration_differs"] = sum(prod_fingerprints[n] != new_fingerprints[n] for n in hubs)
+    figures["tick_promote"], result = measure(repeat, lambda: tick({chain.branch(first): new}))
+    expect("promote", result, [(name, promoted) for name in hubs], heads)
+
     progress("  (c') first tick, every hub already deployed ...")
     recording = time.perf_counter()
-    repo = DeploymentRepo(path)
-    for env, branch in BRANCHES.items():
-        deployment = load_deployment(repo.snapshot(heads[branch]))
-        for name in hubs:
-            fingerprint = deployment.fingerprint(deployment.hubs[name])
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(release_key(name, env), metadata={"fingerprint": fingerprint})
+    for name in hubs:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                release_key(name, promoted), metadata={FINGERPRINT: prod_fingerprints[name], GIT_SHA: prod}
             )
-    facts["record_materializations_s"] = time.perf_counter() - recording
+        )
+    facts["record_promoted_s"] = time.perf_counter() - recording
     figures["tick_first_deployed"], result = measure(repeat, lambda: tick(None))
-    assert requests(result) == [], requests(result)[:5]
+    expect("first_deployed", result, [], heads)
     instance.dispose()
     facts.update(changed_file=f"{hub_path}/config/common.yaml", profile=profile)
     return figures, facts
@@ -413,9 +453,10 @@ def rows(hubs: int) -> list[tuple[str, list[Row]]]:
             [
                 Row("tick_idle", "(a) no new commit: ls-remote only", "s", tick=True),
                 Row("tick_one", "(b) one new commit, one hub changed: change set + plan", "s", tick=True),
-                Row("tick_first", f"(c) first tick, no cursor, nothing deployed: {2 * hubs} runs", "s", tick=True),
+                Row("tick_first", f"(c) first tick, no cursor, nothing deployed: {hubs} staging runs", "s", tick=True),
+                Row("gate_lookups", f"    the {hubs} prod promotion-gate look-ups of (c) alone", "s", tick=True),
+                Row("tick_promote", f"(d) staging healthy, the next tick: {hubs} prod runs", "s", tick=True),
                 Row("tick_first_deployed", "(c') first tick, no cursor, all deployed: 0 runs", "s", tick=True),
-                Row("lookups_batched", f"    the {2 * hubs} look-ups of (c) as one batched query", "s", tick=True),
             ],
         ),
     ]
@@ -507,9 +548,11 @@ def report(params: dict[str, Any], info: dict[str, Any], results: dict[int, dict
         f"build_definitions calls per load (counted, untimed): dagster definitions validate {calls['validate']}, "
         f"the --load-with-grpc code server {calls['grpc']}"
     )
+    facts = big["facts"]
     print(
-        f"(c') setup, untimed: recording {2 * many} release materializations took "
-        f"{big['facts']['record_materializations_s']:.2f} s"
+        f"(d) setup, untimed: recording the staging runs' {many} releases and {2 * many} healthy marks took "
+        f"{facts['record_first_s']:.2f} s ({facts['prod_configuration_differs']} of {many} hubs' prod "
+        f"configuration differs from staging's); (c') setup: {many} prod releases {facts['record_promoted_s']:.2f} s"
     )
     return ratios
 
@@ -549,6 +592,7 @@ def main() -> None:
         child_load(args.child_load, args.child_out, args.child_profile)
         return
     warnings.filterwarnings("ignore", module="dagster")  # superseded/beta notices, not results
+    os.environ.pop("HUBPLOY_BRANCHES", None)  # the ticks' code location follows the default chain, as load_env's
 
     info = machine(dagster=version("dagster"))
     params = {

@@ -51,3 +51,24 @@ def test_fanout_deploys_every_hub_of_a_push_within_the_run_limit(tmp_path: Path)
     assert row["fanout"]["runs"] == 2 and row["alone"]["runs"] == 1
     assert row["max_concurrent_runs_seen"] == 1, "the run limit holds"
     assert row["one_deploy_s"] >= 2, "a deploy waits for its hook Job (kwok's pod-complete delay)"
+
+
+def test_sensor_and_load_requests_staging_then_prod_once_staging_is_healthy(tmp_path: Path):
+    report = run_benchmark("sensor_and_load", tmp_path, "--hubs", "3", "--commits", "200", "--repeat", "1")
+    results = report["results"]
+    assert sorted(results) == ["1", "3"], "the large repository and the 1-hub one"
+    for hubs, result in results.items():
+        n = int(hubs)
+        assert result["facts"]["requests"] == {
+            "idle": {"staging": 0, "prod": 0},  # (a) no new commit
+            "one": {"staging": 1, "prod": 0},  # (b) one commit changing one hub
+            "first": {"staging": n, "prod": 0},  # (c) first tick: prod waits for staging's checks
+            "promote": {"staging": 0, "prod": n},  # (d) staging healthy: every hub promoted
+            "first_deployed": {"staging": 0, "prod": 0},  # (c') a lost cursor redeploys nothing
+        }, hubs
+    many, one = results["3"]["load_runs"][0], results["1"]["load_runs"][0]
+    assert many["assets"] == 3 * one["assets"] > 0, "every hub has its assets"
+    assert many["asset_checks"] == 3 * one["asset_checks"], "and its checks"
+    assert many["sensors"] == one["sensors"] >= 1
+    calls = report["machine"]["build_definitions_calls"]
+    assert calls["validate"] >= 1 and calls["grpc"] >= 1, calls
