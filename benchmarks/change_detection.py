@@ -18,7 +18,8 @@ repository of hubploy's shape (see `synthetic_repo.py`), then measures on its he
       assets pay per new commit); also with a full index (INDEX_MAX_COMMITS files), with a stale graph (one
       that ends at head~10, as after commits were fetched since the graph was written: warm walks read too
       few commits to rewrite it) and, as the worst case, with no graph at all;
-  (4) `change_set` head~15000 -> head (and head~1 -> head), without and with the graph;
+  (4) `change_set` head~15000 -> head (and head~1 -> head), without and with the graph, each asserted to find
+      exactly the hubs `git diff-tree` says changed (as are, untimed, the last 30 pushes and a few more moves);
   and, for honesty, hubploy's method again with the best commit-graph it could have
   (`git commit-graph write --reachable --changed-paths`, whose Bloom filters make path-limited walks cheap).
 
@@ -65,6 +66,8 @@ TARGET_RATIO = 50.0  # ours must be at least this many times faster than the per
 TARGET_CHANGE_SET_SECONDS = 1.0
 WARM_DEPTHS = (1, 10)  # the index holds the first-parent ancestor this many commits back
 DISTANT_CHANGE_SETS = ("cs_first", "cs", "cs_first_none", "cs_none")  # the rows the < 1 s target applies to
+VERIFIED_PUSHES = 30  # change sets head~N+1 -> head~N checked against git (untimed), N < this
+VERIFIED_DEPTHS = (2, 5, 10, 50, 200)  # and head~N -> head (with head~1 and the distant one, measured)
 STALE_GRAPH_DEPTH = 10  # the stale commit-graph holds head~10 and its ancestors only
 # The exact `git log` that ImageTagIndex._history streams, to time git alone.
 WALK_ARGS = (
@@ -181,6 +184,42 @@ def measure_baseline(b: Bench) -> None:
     b.graph_state(False)
 
 
+def changed_by_git(b: Bench, old: str, new: str | None = None) -> list[str]:
+    """The hubs a move from `old` to `new` (head) really changes, from `git diff-tree` alone (no code of ours):
+    those whose folder differs, or every hub when the chart they all use does (the synthetic repository has no
+    `watch_paths` and no secrets)."""
+    paths = git(b.path, "diff-tree", "-r", "--name-only", "--no-renames", old, new or b.head).splitlines()
+    if any(path.startswith("chart/") for path in paths):
+        return sorted(b.synthetic.hub_names)
+    root = f"{b.synthetic.spec.root}/"
+    return sorted({path.split("/")[1] for path in paths if path.startswith(root)} & set(b.synthetic.hub_names))
+
+
+def check_change_set(b: Bench, key: str, changes: ChangeSet, old: str) -> None:
+    """`change_set` must find exactly the hubs git says changed; their count goes into the figures."""
+    expected = changed_by_git(b, old)
+    assert changes.changed == expected, f"{key}: change_set found {changes.changed[:5]}, git says {expected[:5]}"
+    b.figures[f"{key}_hubs"] = len(changes.changed)
+    b.figures[f"{key}_hubs_expected"] = len(expected)
+
+
+def verify_change_sets(b: Bench) -> None:
+    """Untimed: `change_set` equals git's answer for each of the last pushes on the first-parent line
+    (head~N+1 -> head~N: none, one or a few hubs, all of them for a chart change) and from head~N to head for
+    several N; the number of hubs changed by each goes into the figures."""
+    found: dict[str, list[int]] = {"pushes": [], "to_head": []}
+    moves = [(b.first_parents[n + 1], b.first_parents[n], "pushes") for n in range(VERIFIED_PUSHES)]
+    depths = sorted(d for d in {*VERIFIED_DEPTHS, b.distant_depth} if d <= b.distant_depth)
+    moves += [(b.first_parents[d], b.head, "to_head") for d in depths]
+    for old, new, kind in moves:
+        changes = change_set(b.repo, old, new)
+        expected = changed_by_git(b, old, new)
+        assert changes.changed == expected, f"{old[:7]}..{new[:7]}: change_set {changes.changed}, git {expected}"
+        found[kind].append(len(expected))
+    b.figures["cs_verified"] = {"depths": depths, **found}
+    progress(f"[change sets] equal to git diff-tree's hubs, hubs changed by each: {found}")
+
+
 def measure_change_sets(b: Bench, suffix: str) -> None:
     old = b.first_parents[b.distant_depth]
 
@@ -190,8 +229,11 @@ def measure_change_sets(b: Bench, suffix: str) -> None:
     _parse_config.cache_clear()  # the first change set of a process parses every hub's hubploy.yaml
     b.figures[f"cs_first{suffix}"], _ = measure(1, distant)
     b.figures[f"cs{suffix}"], changes = measure(b.repeat, distant)
-    b.figures[f"cs_hubs{suffix}"] = len(changes.changed)
-    b.figures[f"cs_consecutive{suffix}"], _ = measure(b.repeat, lambda: change_set(b.repo, b.first_parents[1], b.head))
+    check_change_set(b, f"cs{suffix}", changes, old)
+    b.figures[f"cs_consecutive{suffix}"], changes = measure(
+        b.repeat, lambda: change_set(b.repo, b.first_parents[1], b.head)
+    )
+    check_change_set(b, f"cs_consecutive{suffix}", changes, b.first_parents[1])
     state = "no graph" if suffix else "graph present"
     progress(f"[change sets, {state}] {b.figures[f'cs{suffix}'].median:.3f} s head~{b.distant_depth} -> head")
 
@@ -428,7 +470,7 @@ def report(params: dict[str, Any], info: dict[str, Any], figures: dict[str, Any]
     print(
         f"target < {TARGET_CHANGE_SET_SECONDS:.0f} s for a change set head~{params['distant_depth']} -> head: "
         f"{'met' if worst < TARGET_CHANGE_SET_SECONDS else 'NOT met'} (slowest {worst:.3f} s, "
-        f"{figures['cs_hubs']} hubs changed)"
+        f"{figures['cs_hubs']} hubs changed, as git diff-tree says)"
     )
 
 
@@ -486,6 +528,7 @@ def main() -> None:
         remove_commit_graph(path)  # the worst case: a graph that never covered these commits
         measure_warm(b, single, "_nograph")
         measure_hubploy_with_graph(b)
+        verify_change_sets(b)
         assert b.reference is not None
         depths = answer_depths(path, head, b.reference)
         remove_commit_graph(path)  # leave the cached repository as generated
@@ -498,7 +541,7 @@ def main() -> None:
         "repeat": args.repeat,
         "distant_depth": distant_depth,
     }
-    extra = {"stats": synthetic.stats, "answer_depths": depths}
+    extra = {"stats": synthetic.stats, "answer_depths": depths, "folders": len(folders)}
     report(params, info, b.figures, extra)
     if profile:
         print("\ncProfile of ours cold (commit-graph present), by own time:\n" + profile)

@@ -53,6 +53,24 @@ def test_fanout_deploys_every_hub_of_a_push_within_the_run_limit(tmp_path: Path)
     assert row["one_deploy_s"] >= 2, "a deploy waits for its hook Job (kwok's pod-complete delay)"
 
 
+def test_change_detection_finds_every_image_tag_and_exactly_the_changed_hubs(tmp_path: Path):
+    # 1,200 commits: a cold walk reads more than COMMIT_GRAPH_AFTER (1,000) and writes the commit-graph, and the
+    # first-parent line is longer than the warm measurements' 266 commits.
+    report = run_benchmark(
+        "change_detection", tmp_path, "--hubs", "20", "--commits", "1200", "--repeat", "1", "--distant", "1000"
+    )
+    figures = report["figures"]
+    assert report["folders"] == 20, "one image folder per hub"
+    tags = [key for key, verdict in report["verdicts"].items() if "ratio" in verdict]
+    assert len(tags) == 10 and all(figures[f"{key}_identical"] for key in tags), "ours == hubploy's per-hub git log"
+    for key in ("cs", "cs_none", "cs_consecutive", "cs_consecutive_none"):
+        assert figures[f"{key}_hubs"] == figures[f"{key}_hubs_expected"], key
+    verified = figures["cs_verified"]
+    assert verified["depths"][-1] == report["parameters"]["distant_depth"] == 1000
+    assert len(verified["pushes"]) == 30 and len(verified["to_head"]) == len(verified["depths"])
+    assert 0 < figures["cs_hubs"] <= 20 and any(0 < n < 20 for n in verified["pushes"]), verified
+
+
 def test_sensor_and_load_requests_staging_then_prod_once_staging_is_healthy(tmp_path: Path):
     report = run_benchmark("sensor_and_load", tmp_path, "--hubs", "3", "--commits", "200", "--repeat", "1")
     results = report["results"]
