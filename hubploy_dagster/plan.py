@@ -31,12 +31,9 @@ import yaml
 
 from hubploy_dagster.chain import load_chain
 from hubploy_dagster.changes import change_set
-from hubploy_dagster.cloud import registry_login
-from hubploy_dagster.deployment import Deployment, Hub
 from hubploy_dagster.errors import ConfigProblem, HubployError
 from hubploy_dagster.helm import ImageValue
-from hubploy_dagster.registry import RegistryClient
-from hubploy_dagster.release import DeployOptions, hub_images, prepared_release
+from hubploy_dagster.release import DeployOptions, hub_images, missing_images, prepared_release
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.secrets import MASK, Masker, Sops
 from hubploy_dagster.session import HubSession
@@ -160,56 +157,38 @@ def plan_deploy(
     chain = load_chain(after.snapshot, current().branches)
     builds = chain.before(env) is None
     plan = DeployPlan(env, changes.old, after.sha, builds, removed=changes.removed, problems=after.problems)
-    planner = _HubPlanner(repo, after, env, sops, log)
+    masker, key = Masker(), os.urandom(32)  # one of each for the whole plan
     for name in changes.changed:
-        hub = after.hubs[name]
-        images = hub_images(repo, after, hub)
-        hub_plan = planner.plan(hub, images)
+        session = HubSession(after, after.hubs[name], env, sops, log, masker)
+        images = hub_images(repo, after, session.hub)
+        hub_plan = plan_hub(session, images, key)
         if old is None and not hub_plan.changed:
             plan.unchanged.append(name)
             continue
         plan.hubs.append(hub_plan)
-        plan.to_build += planner.missing_images(hub, images)
+        plan.to_build += missing_images(session, images)
     return plan
 
 
-@dataclass
-class _HubPlanner:
-    """What one plan shares across its hubs: the commit, one Masker, and one random key for Secret markers."""
-
-    repo: DeploymentRepo
-    deployment: Deployment
-    env: str
-    sops: Sops
-    log: Callable[[str], None]
-    masker: Masker = field(default_factory=Masker)
-    key: bytes = field(default_factory=lambda: os.urandom(32))
-
-    def plan(self, hub: Hub, images: list[ImageValue]) -> HubPlan:
-        """The live release against what this commit renders, with the hub's cluster login."""
-        sha, env = self.deployment.sha, self.env
-        session = HubSession(self.deployment, hub, env, self.sops, self.log, self.masker)
-        with prepared_release(session, DeployOptions(), images) as prepared:
-            request, helm = prepared.request, prepared.helm
-            live = helm.live_manifests(request.release, request.namespace)
-            args = [*request.template_args(), "--dry-run=server", *(["--is-upgrade"] if live is not None else [])]
-            rendered = helm.run(args, f"helm template of {hub.name} ({env}) at {sha[:7]}", quiet=True)
-        before, after = split_resources(live or "", self.key), split_resources(rendered, self.key)
-        return HubPlan(
-            hub=hub.name,
-            release=request.release,
-            namespace=request.namespace,
-            installed=live is not None,
-            diff=self.masker(manifest_diff(before, after, sha[:7])),
-            secret_changes=secret_changes(before, after) if live is not None else [],
-            images=[f"{image.name}:{image.tag}" for image in images],
-        )
-
-    def missing_images(self, hub: Hub, images: list[ImageValue]) -> list[str]:
-        """The hub's images whose tag is not in the registry, asked with the hub's registry login."""
-        with registry_login(hub, self.deployment.snapshot, self.sops, self.masker) as login:
-            registry = RegistryClient(login.credentials)
-            return [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
+def plan_hub(session: HubSession, images: list[ImageValue], key: bytes) -> HubPlan:
+    """The live release against what this commit renders, with the hub's cluster login; `key` keys the digests
+    that stand for Secret values (one random key per plan)."""
+    sha, hub = session.sha, session.hub
+    with prepared_release(session, DeployOptions(), images) as prepared:
+        request, helm = prepared.request, prepared.helm
+        live = helm.live_manifests(request.release, request.namespace)
+        args = [*request.template_args(), "--dry-run=server", *(["--is-upgrade"] if live is not None else [])]
+        rendered = helm.run(args, f"helm template of {hub.name} ({session.env}) at {sha[:7]}", quiet=True)
+    before, after = split_resources(live or "", key), split_resources(rendered, key)
+    return HubPlan(
+        hub=hub.name,
+        release=request.release,
+        namespace=request.namespace,
+        installed=live is not None,
+        diff=session.masker(manifest_diff(before, after, sha[:7])),
+        secret_changes=secret_changes(before, after) if live is not None else [],
+        images=[f"{image.name}:{image.tag}" for image in images],
+    )
 
 
 def split_resources(text: str, key: bytes) -> Resources:

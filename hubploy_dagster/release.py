@@ -173,11 +173,15 @@ def hub_images(repo: DeploymentRepo, deployment: Deployment, hub: Hub) -> list[I
     return [ImageValue(i.helm_substitution_path, i.name, tag) for i, _, tag in hub_image_tags(repo, deployment, hub)]
 
 
-def require_images_in_registry(session: HubSession, images: list[ImageValue]) -> None:
+def missing_images(session: HubSession, images: list[ImageValue]) -> list[str]:
+    """The images whose tag is not in the registry, asked with the hub's registry login."""
     with session.registry() as login:
         registry = RegistryClient(login.credentials)
-        missing = [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
-    if missing:
+        return [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
+
+
+def require_images_in_registry(session: HubSession, images: list[ImageValue]) -> None:
+    if missing := missing_images(session, images):
         raise ImageMissingError(
             f"{', '.join(missing)} not in the registry: the {session.env} release of {session.hub.name} at "
             f"{session.sha[:7]} "
