@@ -19,7 +19,7 @@ from services.repos import CHART_FILES, RepoBuilder, hub_files, new_age_key, sop
 
 from hubploy_dagster.changes import change_set
 from hubploy_dagster.deployment import load_deployment
-from hubploy_dagster.release import DeployOptions, prepared_release
+from hubploy_dagster.release import DeployOptions, prepared_release, require_chart
 from hubploy_dagster.repo import DeploymentRepo, Gitlink, SubmoduleError, resolve_submodule_url
 from hubploy_dagster.secrets import Masker, SecretError, Sops, decrypted_files
 from hubploy_dagster.session import HubSession
@@ -209,7 +209,8 @@ def test_unreadable_submodule_is_a_clear_error_for_the_hubs_reading_it(tmp_path:
 
 
 def test_unreadable_submodule_fails_only_the_hubs_that_need_it(tmp_path: Path):
-    """A hub whose chart is in an unreachable submodule is refused with the error; the other hub is unaffected."""
+    """A hub whose chart is in an unreachable submodule is refused with the error where the chart is used (a
+    build needs no chart: issue 15); the other hub is unaffected."""
     vendor = RepoBuilder(tmp_path / "vendor-src")
     vendor.commit("chart", {f"chart/{name}": content for name, content in CHART_FILES.items()})
     deploy = RepoBuilder(tmp_path / "deploy-repo")
@@ -225,13 +226,15 @@ def test_unreadable_submodule_fails_only_the_hubs_that_need_it(tmp_path: Path):
 
     shutil.rmtree(vendor.path)
     deployment = load_deployment(DeploymentRepo(bare).snapshot(new))
-    assert sorted(deployment.hubs) == ["alpha"]
-    [problem] = deployment.invalid["gamma"]
-    assert "submodule vendored" in problem.reason and str(vendor.path) in problem.reason
+    assert sorted(deployment.hubs) == ["alpha", "gamma"] and not deployment.problems
+    with pytest.raises(SubmoduleError) as caught:
+        require_chart(deployment, deployment.hubs["gamma"])
+    assert "submodule vendored" in str(caught.value) and str(vendor.path) in str(caught.value)
+    require_chart(deployment, deployment.hubs["alpha"])
     assert deployment.fingerprint(deployment.hubs["alpha"])
     assert [f.path for f in deployment.values_files(deployment.hubs["alpha"], "staging")][-1].startswith("hubs/alpha")
     changes = change_set(DeploymentRepo(bare), old, new)
-    assert changes.changed == [] and any("submodule vendored" in str(p) for p in changes.problems)
+    assert changes.changed == ["gamma"] and not changes.problems, "gamma is new; its deploy fails by name"
 
 
 def test_git_crypt_files_are_refused_by_name(tmp_path: Path):
