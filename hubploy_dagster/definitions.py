@@ -12,6 +12,7 @@ chain's branches: every hub on any of them gets its assets) are read here, once;
 from __future__ import annotations
 
 import functools
+import gc
 
 import dagster as dg
 
@@ -95,4 +96,9 @@ def defs() -> dg.Definitions:
     A reload of the code location starts a new process, so new hubs are still picked up.
     """
     settings = current()
-    return build_definitions(settings.require_repo(), settings)
+    definitions = build_definitions(settings.require_repo(), settings)
+    definitions.get_repository_def()  # resolved now (cached), so that the freeze below covers it too
+    # Everything the load made lives as long as the process: frozen, no garbage collection walks it again,
+    # not even the one at interpreter exit (0.6 s of every code server and run worker at 300 hubs).
+    gc.freeze()
+    return definitions
