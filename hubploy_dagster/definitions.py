@@ -24,7 +24,7 @@ from hubploy_dagster.keys import group_name
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.settings import Settings, current
-from jobs.deploy import deploy_jobs, rollback
+from jobs.deploy import rollback
 from jobs.plan import plan
 from sensors.git_sensor import build_git_sensor
 from sensors.notify import build_failure_sensor
@@ -65,7 +65,9 @@ def build_definitions(source: str, settings: Settings | None = None) -> dg.Defin
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[*deploy_jobs(hubs, chain), rollback, plan],
+        # No job spanning every hub (each would be a copy of the whole graph in the snapshot): the sensor and
+        # the UI run the code location's own asset job with the assets they select.
+        jobs=[rollback, plan],
         sensors=sensors,
         resources=resources_from_settings(source, settings, chain),
         # A deploy's steps run one after the other anyway (image, release, checks); a process per step cost
