@@ -23,6 +23,7 @@ from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.keys import group_name
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
+from hubploy_dagster.run_worker import hubs_of_this_run
 from hubploy_dagster.settings import Settings, current
 from jobs.deploy import rollback
 from jobs.plan import plan
@@ -41,8 +42,11 @@ def hubs_on_branches(repo: DeploymentRepo, branches: list[str]) -> list[Hub]:
     return [hubs[name] for name in sorted(hubs)]
 
 
-def build_definitions(source: str, settings: Settings | None = None) -> dg.Definitions:
-    """The definitions for the deployment repository at `source` (default settings: the environment's)."""
+def build_definitions(
+    source: str, settings: Settings | None = None, only_hubs: set[str] | None = None
+) -> dg.Definitions:
+    """The definitions for the deployment repository at `source` (default settings: the environment's); with
+    `only_hubs`, the assets of those hubs only (what a run worker executes, `run_worker.py`)."""
     settings = settings or current()
     repo = DeploymentRepo(source)
     chain = repository_chain(repo, settings.branches)
@@ -54,7 +58,7 @@ def build_definitions(source: str, settings: Settings | None = None) -> dg.Defin
             raise ConfigError.single(hub.config_path, "", f"hubs {other!r} and {hub.name!r} map to one group name")
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
     checks: list[dg.AssetChecksDefinition] = []
-    for hub in hubs:
+    for hub in hubs if only_hubs is None else [hub for hub in hubs if hub.name in only_hubs]:
         hub_asset_list, hub_checks = hub_assets(hub, chain)
         assets += hub_asset_list
         checks += hub_checks
@@ -98,7 +102,7 @@ def defs() -> dg.Definitions:
     A reload of the code location starts a new process, so new hubs are still picked up.
     """
     settings = current()
-    definitions = build_definitions(settings.require_repo(), settings)
+    definitions = build_definitions(settings.require_repo(), settings, only_hubs=hubs_of_this_run())
     definitions.get_repository_def()  # resolved now (cached), so that the freeze below covers it too
     # Everything the load made lives as long as the process: frozen, no garbage collection walks it again,
     # not even the one at interpreter exit (0.6 s of every code server and run worker at 300 hubs).
