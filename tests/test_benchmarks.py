@@ -43,6 +43,13 @@ def test_replay_does_exactly_the_builds_and_upgrades_the_history_needed(tmp_path
     assert done["helm_upgrades_by_env"] == needed["changes"] and sum(needed["changes"].values()) > 0, report
 
 
+def test_run_worker_load_builds_only_the_runs_hub(tmp_path: Path):
+    report = run_benchmark("run_worker_load", tmp_path, "--hubs", "3", "--commits", "200", "--repeat", "1")
+    figures = report["figures"]
+    assert figures["3 hubs, run worker"]["hubs"] == 1 and figures["3 hubs, full load"]["hubs"] == 3, report
+    assert figures["1 hubs, run worker"]["hubs"] == figures["1 hubs, full load"]["hubs"] == 1, report
+
+
 def test_fanout_deploys_every_hub_of_a_push_within_the_run_limit(tmp_path: Path):
     report = run_benchmark(
         "fanout", tmp_path, "--hubs", "2", "--deploy-seconds", "2", "--limits", "1", "--sensor-interval", "3"

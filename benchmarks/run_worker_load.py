@@ -1,0 +1,122 @@
+"""What one run pays before its first step: a run worker's load, with many hubs against one.
+
+A run launched by the Docker or Kubernetes run launcher executes in a fresh process, `dagster api execute_run
+ARGS`, which loads the code location before its first step. This measures that load in a child process, the
+way the worker does it: the run's arguments on the command line (a run of `hub-0000`'s image and staging
+release, recorded in a fresh instance), the code location's `defs()`, and the asset job the run executes. The
+same child without the run's arguments is the full load a code server pays (every hub).
+
+    .venv/bin/python benchmarks/run_worker_load.py --hubs 300 --commits 2000 [--repeat 3] [--json]
+
+Invariants checked on every run (what the smoke test in tests/test_benchmarks.py relies on): the worker says it
+loads only the run's hub, and its asset job holds the run's assets; the full load holds every hub's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from common import machine, progress
+from dagster._core.code_pointer import ModuleCodePointer
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+from dagster._grpc.types import ExecuteRunArgs
+from synthetic_repo import DEFAULT_WORKDIR, SyntheticRepoSpec, ensure_repo
+
+ASSET_JOB = "__ASSET_JOB"
+HUB = "hub-0000"
+
+# The child: what a run worker does before its first step (argv as `dagster api execute_run` has it), then
+# report how many hubs' assets the asset job holds.
+CHILD = r"""
+import json, sys
+sys.argv = ["dagster", "api", "execute_run", sys.argv[1]] if sys.argv[1] != "-" else ["dagster", "code-server"]
+from hubploy_dagster.definitions import defs
+job = defs().get_repository_def().get_job("__ASSET_JOB")
+print(json.dumps({"hubs": len({key.path[0] for key in job.asset_layer.asset_graph.get_all_asset_keys()})}))
+"""
+
+
+def run_arguments(instance: dg.DagsterInstance) -> str:
+    """A run of HUB's image and staging release, and the arguments the run launchers give its worker."""
+    run_id = str(uuid.uuid4())
+    keys = frozenset({dg.AssetKey([HUB, "image"]), dg.AssetKey([HUB, "staging"])})
+    instance.add_run(dg.DagsterRun(job_name=ASSET_JOB, run_id=run_id, asset_selection=keys))
+    pointer = ModuleCodePointer("hubploy_dagster.definitions", "defs", working_directory=None)
+    origin = JobPythonOrigin(ASSET_JOB, RepositoryPythonOrigin(sys.executable, pointer))
+    return dg.serialize_value(ExecuteRunArgs(job_origin=origin, run_id=run_id, instance_ref=instance.get_ref()))
+
+
+def measure(repo: Path, worker: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as home:
+        (Path(home) / "dagster.yaml").write_text("")
+        env = {**os.environ, "DAGSTER_HOME": home, "HUBPLOY_REPO": str(repo)}
+        env.pop("HUBPLOY_BRANCHES", None)
+        with dg.DagsterInstance.from_config(home) as instance:
+            args = run_arguments(instance) if worker else "-"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        child = subprocess.run([sys.executable, "-c", CHILD, args], env=env, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert child.returncode == 0, child.stderr[-3000:]
+    said_narrow = f"deploys {HUB}: loading only those hubs" in child.stderr
+    assert said_narrow == worker, child.stderr[-2000:]
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"wall": wall, "cpu": cpu, **json.loads(child.stdout)}
+
+
+def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hubs", type=int, default=300, help="hubs in the large repository (the other has 1)")
+    parser.add_argument("--commits", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3, help="fresh processes per figure (median)")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    figures: dict[str, dict[str, Any]] = {}
+    for hubs in (args.hubs, 1):
+        repo, _ = ensure_repo(SyntheticRepoSpec(hubs=hubs, commits=args.commits), args.workdir)
+        for worker in (True, False):
+            label = f"{hubs} hubs, {'run worker' if worker else 'full load'}"
+            progress(f"[{label}] {args.repeat} child process(es) ...")
+            figures[label] = median([measure(repo.path, worker) for _ in range(args.repeat)])
+            expected = 1 if worker else hubs
+            assert figures[label]["hubs"] == expected, (label, figures[label])
+
+    many, one = f"{args.hubs} hubs", "1 hub"
+    worker = figures[f"{many}, run worker"]["cpu"]
+    ratios = {
+        "worker_vs_one_hub_worker_cpu": worker / figures["1 hubs, run worker"]["cpu"],
+        "worker_vs_one_hub_full_load_cpu": worker / figures["1 hubs, full load"]["cpu"],
+        "full_load_vs_one_hub_full_load_cpu": figures[f"{many}, full load"]["cpu"]
+        / figures["1 hubs, full load"]["cpu"],
+    }
+    print(f"\n== Run worker load: {args.hubs} hubs against 1 ==\nmachine: {machine(dagster=dg.__version__)}")
+    for label, figure in figures.items():
+        print(f"  {label.replace('1 hubs', one):32} wall {figure['wall']:6.2f} s  cpu {figure['cpu']:6.2f} s  "
+              f"hubs loaded {figure['hubs']:.0f}")  # fmt: skip
+    for name, ratio in ratios.items():
+        print(f"  {name.replace('_', ' ')}: {ratio:.2f}x")
+    if args.json:
+        print("\n" + json.dumps({"hubs": args.hubs, "figures": figures, **ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
