@@ -19,6 +19,7 @@ DEFAULT_HELM_SUBSTITUTION_PATH = "jupyterhub.singleuser.image"
 DEFAULT_IMAGE_PATH = "image"
 DEFAULT_CHART = "hub"
 ENVIRONMENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+PYDANTIC_REASONS = {"extra_forbidden": "unknown key", "missing": "required key is missing"}
 
 
 def _relative_path(value: str) -> str:
@@ -35,6 +36,17 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderChoice(Strict):
+    """A `provider` key naming which of the model's blocks is used: that block must be there."""
+
+    @model_validator(mode="after")
+    def _block(self) -> ProviderChoice:
+        provider = self.provider  # type: ignore[attr-defined]
+        if getattr(self, provider) is None:
+            raise ValueError(f"provider is {provider!r} but there is no {provider!r} block")
+        return self
 
 
 # --- images (classic hubploy) -------------------------------------------------------------------------------
@@ -63,16 +75,6 @@ class GcloudRegistry(Strict):
     service_key: NonEmpty
 
 
-def _aws_legacy_aliases(data: Any) -> Any:
-    """hubploy renamed aws `project` to `account_id` and `zone` to `region`; old names keep working."""
-    if isinstance(data, dict):
-        data = dict(data)
-        for old, new in (("project", "account_id"), ("zone", "region")):
-            if old in data and new not in data:
-                data[new] = data.pop(old)
-    return data
-
-
 class AwsCredentials(Strict):
     account_id: NonEmpty
     region: NonEmpty
@@ -82,7 +84,13 @@ class AwsCredentials(Strict):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
-        return _aws_legacy_aliases(data)
+        """hubploy renamed aws `project` to `account_id` and `zone` to `region`; old names keep working."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for old, new in (("project", "account_id"), ("zone", "region")):
+                if old in data and new not in data:
+                    data[new] = data.pop(old)
+        return data
 
     @model_validator(mode="after")
     def _one_credential(self) -> AwsCredentials:
@@ -101,23 +109,12 @@ class DockerConfigRegistry(Strict):
     filename: NonEmpty = Field(description="sops-encrypted docker config.json, relative to the hub's secrets/")
 
 
-def _provider_block_present(model: BaseModel) -> None:
-    provider = model.provider  # type: ignore[attr-defined]
-    if getattr(model, provider) is None:
-        raise ValueError(f"provider is {provider!r} but there is no {provider!r} block")
-
-
-class RegistryConfig(Strict):
+class RegistryConfig(ProviderChoice):
     provider: Literal["gcloud", "aws", "azure", "dockerconfig"]
     gcloud: GcloudRegistry | None = None
     aws: AwsCredentials | None = None
     azure: AzureRegistry | None = None
     dockerconfig: DockerConfigRegistry | None = None
-
-    @model_validator(mode="after")
-    def _block(self) -> RegistryConfig:
-        _provider_block_present(self)
-        return self
 
 
 class ImagesConfig(Strict):
@@ -138,21 +135,16 @@ class ImagesConfig(Strict):
             raise ValueError("needs image_name or a non-empty images list")
         if self.image_config_path and not self.image_name:
             raise ValueError("image_config_path goes with the legacy image_name form only")
-        if self.images:
-            names = [image.name for image in self.images]
-            if len(set(names)) != len(names):
-                raise ValueError("image names must be unique")
+        names = [image.name for image in self.images or []]
+        if len(set(names)) != len(names):
+            raise ValueError("image names must be unique")
         return self
 
     def resolved(self) -> list[ImageSpec]:
         if self.images:
             return list(self.images)
-        return [
-            ImageSpec(
-                name=self.image_name or "",
-                helm_substitution_path=self.image_config_path or DEFAULT_HELM_SUBSTITUTION_PATH,
-            )
-        ]
+        path = self.image_config_path or DEFAULT_HELM_SUBSTITUTION_PATH
+        return [ImageSpec(name=self.image_name or "", helm_substitution_path=path)]
 
 
 # --- cluster (classic hubploy) ------------------------------------------------------------------------------
@@ -180,17 +172,12 @@ class KubeconfigCluster(Strict):
     context: NonEmpty | None = Field(None, description="Context to use; {namespace} is replaced")
 
 
-class ClusterConfig(Strict):
+class ClusterConfig(ProviderChoice):
     provider: Literal["gcloud", "aws", "azure", "kubeconfig"]
     gcloud: GcloudCluster | None = None
     aws: AwsCluster | None = None
     azure: AzureCluster | None = None
     kubeconfig: KubeconfigCluster | None = None
-
-    @model_validator(mode="after")
-    def _block(self) -> ClusterConfig:
-        _provider_block_present(self)
-        return self
 
 
 # --- our optional additions ---------------------------------------------------------------------------------
@@ -248,11 +235,8 @@ class SecretsSettings(Strict):
 class HubployConfig(Strict):
     """A hub's hubploy.yaml."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        title="hubploy.yaml",
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    model_config = ConfigDict(  # merged with Strict's
+        title="hubploy.yaml", json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"}
     )
 
     images: ImagesConfig | None = None
@@ -284,12 +268,7 @@ def json_schema() -> dict[str, Any]:
 
 def problem_from_pydantic(file: str, error: Any) -> ConfigProblem:
     key = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        reason = "unknown key"
-    elif error["type"] == "missing":
-        reason = "required key is missing"
-    else:
-        reason = error["msg"].removeprefix("Value error, ")
+    reason = PYDANTIC_REASONS.get(error["type"]) or error["msg"].removeprefix("Value error, ")
     return ConfigProblem(file, key, reason)
 
 
@@ -306,11 +285,9 @@ def parse_yaml(text: str | bytes, file: str) -> Any:
 
 def load_hubploy_config(text: str | bytes, file: str) -> HubployConfig:
     data = parse_yaml(text, file)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict | None):
         raise ConfigError.single(file, "", f"must be a mapping, got {type(data).__name__}")
     try:
-        return HubployConfig.model_validate(data)
+        return HubployConfig.model_validate(data or {})
     except ValidationError as exc:
         raise ConfigError([problem_from_pydantic(file, err) for err in exc.errors()]) from None

@@ -110,23 +110,20 @@ class Deployment:
         return [f for f in hub.values_candidates(env) if self.snapshot.exists(f.path)]
 
     def fingerprint(self, hub: Hub) -> str:
-        """A digest of the content of the hub's inputs: equal fingerprints mean an identical deploy."""
+        """A digest of the content of the hub's inputs: equal fingerprints mean an identical deploy.
+
+        An input's id is its object id; inside a submodule, that of the pinned commit's tree (only this hub's
+        files). An unreadable submodule's pin stands in: the hub is still deployed and that deploy fails naming
+        the URL, where failing here would stop the sensor for every hub.
+        """
         digest = hashlib.sha256()
         for path in hub.input_paths():
-            digest.update(f"{path}\0{self._content_id(path)}\n".encode())
+            try:
+                content_id = self.snapshot.object_id(path) or "-"
+            except SubmoduleError as exc:
+                content_id = f"unreadable submodule {exc.path} at {exc.commit}"
+            digest.update(f"{path}\0{content_id}\n".encode())
         return digest.hexdigest()
-
-    def _content_id(self, path: str) -> str:
-        """The object id of a path; inside a submodule, that of the pinned commit's tree (only this hub's files).
-
-        When the submodule cannot be read, its pin stands in: the fingerprint still moves with the pin, so the
-        hub is deployed, and that deploy fails on reading the submodule with the error naming its URL. A
-        fingerprint failing here instead would stop the sensor for every hub, not just this one.
-        """
-        try:
-            return self.snapshot.object_id(path) or "-"
-        except SubmoduleError as exc:
-            return f"unreadable submodule {exc.path} at {exc.commit}"
 
 
 def load_deployment(snapshot: Snapshot) -> Deployment:
@@ -152,31 +149,26 @@ def load_deployment(snapshot: Snapshot) -> Deployment:
 
 def _load_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProblem]:
     """The hub, or its problems; an unreadable submodule it lives in or points into only fails this hub."""
-    try:
-        return _read_hub(snapshot, root, name)
-    except SubmoduleError as exc:
-        return [ConfigProblem(snapshot.describe(f"{root}/{name}/{CONFIG_FILE}"), "", str(exc))]
-
-
-def _read_hub(snapshot: Snapshot, root: str, name: str) -> Hub | list[ConfigProblem]:
     path = f"{root}/{name}/{CONFIG_FILE}"
-    blob_id = snapshot.object_id(path)
-    text = snapshot.read(path)
-    if blob_id is None or text is None:
-        return [ConfigProblem(snapshot.describe(f"{root}/{name}"), "", f"hub folder has no {CONFIG_FILE}")]
-    file = snapshot.describe(path)
-    parsed = _parse_config(blob_id, text)
-    if isinstance(parsed, tuple):
-        return [ConfigProblem(file, key, reason) for key, reason in parsed]
-    hub = Hub(name=name, root=root, config=parsed)
-    return _missing_paths(snapshot, hub, file) + _unusable_secrets(snapshot, hub) or hub
+    try:
+        blob_id = snapshot.object_id(path)
+        text = snapshot.read(path)
+        if blob_id is None or text is None:
+            return [ConfigProblem(snapshot.describe(f"{root}/{name}"), "", f"hub folder has no {CONFIG_FILE}")]
+        file = snapshot.describe(path)
+        parsed = _parse_config(blob_id, text)
+        if isinstance(parsed, tuple):
+            return [ConfigProblem(file, key, reason) for key, reason in parsed]
+        hub = Hub(name=name, root=root, config=parsed)
+        return _missing_paths(snapshot, hub, file) + _unusable_secrets(snapshot, hub) or hub
+    except SubmoduleError as exc:
+        return [ConfigProblem(snapshot.describe(path), "", str(exc))]
 
 
 def _missing_paths(snapshot: Snapshot, hub: Hub, file: str) -> list[ConfigProblem]:
     """Image folders that do not exist: every build and deploy tags images from them.
 
-    The chart folder is not checked here: `hubploy build` needs none (image-only repositories are common),
-    so it is checked where it is used (`release.require_chart`, and `hubploy validate`).
+    Not the chart folder: `hubploy build` needs none, so `release.require_chart` and `hubploy validate` check it.
     """
     problems = []
     images = hub.config.images

@@ -6,6 +6,7 @@ through the kubernetes client and with answers an operator can act on: which pod
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import kubernetes
@@ -30,11 +31,8 @@ def check_release(helm: Helm, release: str, namespace: str, expected_revision: i
     if state != "deployed":
         return CheckOutcome(False, f"release {release} is {state} at revision {revision}, not deployed", metadata)
     if expected_revision is not None and revision != expected_revision:
-        return CheckOutcome(
-            False,
-            f"release {release} is at revision {revision}, not {expected_revision} which this run installed",
-            metadata,
-        )
+        reason = f"release {release} is at revision {revision}, not {expected_revision} which this run installed"
+        return CheckOutcome(False, reason, metadata)
     return CheckOutcome(True, f"release {release} deployed at revision {revision}", metadata)
 
 
@@ -59,16 +57,6 @@ def _rollout_problem(kind: str, item: Any) -> str | None:
     return None
 
 
-def _pod_problems(pods: list[Any]) -> list[str]:
-    problems = []
-    for pod in pods:
-        for container in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or []):
-            waiting = container.state.waiting if container.state else None
-            if waiting is not None and waiting.reason in BAD_WAITING_REASONS:
-                problems.append(f"pod {pod.metadata.name} container {container.name}: {waiting.reason}")
-    return problems
-
-
 def check_workloads(
     login: ClusterLogin, release: str, namespace: str, timeout_seconds: float = REQUEST_TIMEOUT
 ) -> CheckOutcome:
@@ -78,7 +66,6 @@ def check_workloads(
     """
     with api_client(login) as client:
         apps = kubernetes.client.AppsV1Api(client)
-        core = kubernetes.client.CoreV1Api(client)
         listings = {
             "Deployment": apps.list_namespaced_deployment,
             "StatefulSet": apps.list_namespaced_stateful_set,
@@ -86,20 +73,19 @@ def check_workloads(
         }
         workloads = []
         for kind, list_items in listings.items():
-            items = call(
-                client,
-                f"listing {kind}s in {namespace}",
-                lambda f=list_items: f(namespace, _request_timeout=timeout_seconds),
-            ).items
-            workloads += [
-                (kind, item) for item in items if (item.metadata.annotations or {}).get(RELEASE_ANNOTATION) == release
-            ]
-        pods = call(
-            client,
-            f"listing pods in {namespace}",
-            lambda: core.list_namespaced_pod(namespace, _request_timeout=timeout_seconds),
-        ).items
-    problems = [p for kind, item in workloads if (p := _rollout_problem(kind, item))] + _pod_problems(pods)
+            request = partial(list_items, namespace, _request_timeout=timeout_seconds)
+            for item in call(client, f"listing {kind}s in {namespace}", request).items:
+                if (item.metadata.annotations or {}).get(RELEASE_ANNOTATION) == release:
+                    workloads.append((kind, item))
+        core = kubernetes.client.CoreV1Api(client)
+        list_pods = partial(core.list_namespaced_pod, namespace, _request_timeout=timeout_seconds)
+        pods = call(client, f"listing pods in {namespace}", list_pods).items
+    problems = [p for kind, item in workloads if (p := _rollout_problem(kind, item))]
+    for pod in pods:
+        for container in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or []):
+            waiting = container.state.waiting if container.state else None
+            if waiting is not None and waiting.reason in BAD_WAITING_REASONS:
+                problems.append(f"pod {pod.metadata.name} container {container.name}: {waiting.reason}")
     metadata = {"workloads": len(workloads), "pods": len(pods)}
     if not workloads:
         return CheckOutcome(False, f"release {release} has no workloads in namespace {namespace}", metadata)

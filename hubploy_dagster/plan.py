@@ -1,20 +1,15 @@
 """`hubploy plan`: what a deploy of an environment at commit B would do, before anything is done.
 
-For each hub it compares the live release (`helm get manifest` and hooks, with the hub's own cluster login)
-with what commit B renders (`helm template --dry-run=server`, so that charts which `lookup` their existing
-Secrets, as Zero to JupyterHub does for generated tokens, render what an upgrade would apply instead of new
-random values). Both sides are split into Kubernetes resources (kind, namespace, name), sorted, and compared
-with difflib, one unified diff per resource.
-
-Secrets: every value under a Secret's `data` and `stringData` is replaced on both sides by a marker holding a
-keyed digest (a random key per plan), so a changed value shows as a changed marker and an unchanged one as
-unchanged, yet nothing about the value can be learned from the plan, not even by guessing candidates. The
+Per hub, the live release (`helm get manifest` and hooks, with the hub's cluster login) is compared with what B
+renders (`helm template --dry-run=server`, so charts that `lookup` their Secrets, as Zero to JupyterHub does for
+generated tokens, render what an upgrade would apply), one unified diff per resource (kind, namespace, name).
+A Secret's `data` and `stringData` values become, on both sides, markers holding a digest keyed with a random key
+per plan: a changed value shows as a changed marker, yet nothing can be learned of it, not even by guessing; the
 Masker of the decrypted values then runs over all the text, in case a value appears anywhere else.
 
-Which hubs: with `--from A`, the change set A -> B (hubs whose inputs changed); without it, every hub whose
-rendered resources differ from its live release, or that is not installed yet. Images whose tag is not in
-the registry are listed: the chain's first environment would build them; a later one would refuse (it never
-builds).
+Which hubs: with `--from A`, the change set A -> B; without it, every hub whose rendered resources differ from its
+live release, or that is not installed yet. Images missing from the registry are listed: the chain's first
+environment would build them; a later one would refuse (it never builds).
 """
 
 from __future__ import annotations
@@ -69,10 +64,6 @@ class HubPlan:
     secret_changes: list[str]
     images: list[str]
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.diff) or not self.installed
-
     def to_json(self) -> dict[str, Any]:
         return {
             "hub": self.hub,
@@ -97,10 +88,6 @@ class DeployPlan:
     removed: list[str] = field(default_factory=list)
     problems: list[ConfigProblem] = field(default_factory=list)
 
-    @property
-    def images_verb(self) -> str:
-        return "to build" if self.builds else f"missing ({self.env} never builds: deploy would fail)"
-
     def to_json(self) -> dict[str, Any]:
         return {
             "env": self.env,
@@ -121,16 +108,15 @@ class DeployPlan:
             action = "upgrade" if hub.installed else "install"
             lines.append(f"deploy\t{hub.hub}\t{action} {hub.release} in {hub.namespace}")
             lines += [f"secret\t{hub.hub}\t{change}" for change in hub.secret_changes]
-        lines += [f"image\t{image}\t{self.images_verb}" for image in self.to_build]
+        verb = "to build" if self.builds else f"missing ({self.env} never builds: deploy would fail)"
+        lines += [f"image\t{image}\t{verb}" for image in self.to_build]
         lines += [f"removed\t{name}\t(its releases are left installed)" for name in self.removed]
         lines += [f"invalid\t{problem}" for problem in self.problems]
         return lines
 
     def to_text(self) -> str:
-        parts = ["\n".join(self.summary())]
-        for hub in self.hubs:
-            parts.append(f"\n=== {hub.hub} ({hub.release} in {hub.namespace})\n{hub.diff or '(no manifest change)'}")
-        return "\n".join(parts) + "\n"
+        parts = [f"\n=== {h.hub} ({h.release} in {h.namespace})\n{h.diff or '(no manifest change)'}" for h in self.hubs]
+        return "\n".join([*self.summary(), *parts]) + "\n"
 
     def to_markdown(self) -> str:
         headline, *items = self.summary()
@@ -154,15 +140,14 @@ def plan_deploy(
 ) -> DeployPlan:
     changes = change_set(repo, old, new)
     after = changes.after
-    chain = load_chain(after.snapshot, current().branches)
-    builds = chain.before(env) is None
+    builds = load_chain(after.snapshot, current().branches).before(env) is None  # the first environment builds
     plan = DeployPlan(env, changes.old, after.sha, builds, removed=changes.removed, problems=after.problems)
     masker, key = Masker(), os.urandom(32)  # one of each for the whole plan
     for name in changes.changed:
         session = HubSession(after, after.hubs[name], env, sops, log, masker)
         images = hub_images(repo, after, session.hub)
         hub_plan = plan_hub(session, images, key)
-        if old is None and not hub_plan.changed:
+        if old is None and hub_plan.installed and not hub_plan.diff:
             plan.unchanged.append(name)
             continue
         plan.hubs.append(hub_plan)
@@ -171,8 +156,7 @@ def plan_deploy(
 
 
 def plan_hub(session: HubSession, images: list[ImageValue], key: bytes) -> HubPlan:
-    """The live release against what this commit renders, with the hub's cluster login; `key` keys the digests
-    that stand for Secret values (one random key per plan)."""
+    """The live release against what this commit renders; `key` keys the digests standing for Secret values."""
     sha, hub = session.sha, session.hub
     with prepared_release(session, DeployOptions(), images) as prepared:
         request, helm = prepared.request, prepared.helm

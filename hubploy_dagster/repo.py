@@ -1,13 +1,9 @@
 """Git access to a deployment repository: branch heads, and files read at any commit without a work tree.
 
-Deploys must happen at exactly the commit a run pinned, so nothing here looks at a checkout: files are read
-from git objects. A remote URL is mirrored into a local cache once and fetched on demand; a local path
-(bare or not) is used as it is.
-
-Submodules (hubploy's secrets submodule at `secrets/`) are read the same way: a gitlink entry pins a commit of
-another repository, whose objects are found in a local clone's own copy or fetched from the URL `.gitmodules`
-gives (relative URLs resolved as git does) into a mirror beside ours. Paths under the submodule's path then
-answer from that pinned commit's tree, as a recursive checkout would show them.
+Deploys happen at exactly the commit a run pinned, so files are read from git objects, never a checkout. A remote
+URL is mirrored into a local cache and fetched on demand; a local path (bare or not) is used as it is. A submodule
+(hubploy's `secrets/`) answers from the commit its gitlink pins, found in a local clone's own copy or fetched from
+the URL `.gitmodules` gives (relative URLs resolved as git does), as a recursive checkout would show it.
 """
 
 from __future__ import annotations
@@ -37,18 +33,11 @@ class SubmoduleError(GitError):
         self.path, self.url, self.commit, self.reason = path, url, commit, reason
         super().__init__(f"cannot read submodule {path} (url {url or 'unknown'}, commit {commit}): {reason}")
 
-    def at(self, path: str) -> SubmoduleError:
-        """The same error named by its path in the superproject (a nested submodule knows only its own)."""
-        return SubmoduleError(path, self.url, self.commit, self.reason)
-
 
 @dataclass(frozen=True)
 class Gitlink:
-    """A submodule entry of a tree: the commit the superproject pins at `path` (git's object type "commit").
-
-    GitPython yields a Submodule object for such entries whose `.name` needs a checkout's .gitmodules and
-    raises without one; listings hold this instead, resolved to the submodule's tree only when read.
-    """
+    """A submodule entry of a tree: the commit pinned at `path`. GitPython's Submodule needs a checkout's
+    .gitmodules for its `.name`; listings hold this instead, resolved to the submodule's tree only when read."""
 
     path: str
     hexsha: str
@@ -77,8 +66,7 @@ def folders_of(paths: Iterable[str]) -> set[str]:
     folders: set[str] = set()
     for path in paths:
         parts = path.split("/")
-        for end in range(1, len(parts)):
-            folders.add("/".join(parts[:end]))
+        folders.update("/".join(parts[:end]) for end in range(1, len(parts)))
     return folders
 
 
@@ -103,27 +91,14 @@ def resolve_submodule_url(url: str, base: str) -> str:
     return f"{base}{'' if base.endswith(':') else '/'}{url}"
 
 
-def _raw_diff(output: str) -> Iterator[tuple[str, str, str, str, str]]:
-    """(old mode, new mode, old id, new id, path) of each record of `git diff --raw -z --no-renames`."""
-    fields = output.split("\0")
-    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
-        if meta.startswith(":"):
-            old_mode, new_mode, old_id, new_id = meta[1:].split()[:4]
-            yield old_mode, new_mode, old_id, new_id, path
-
-
 def remote_heads(source: str, branches: list[str]) -> dict[str, str]:
     """The current sha of each branch that exists, with one `git ls-remote` (cheap enough for a sensor tick)."""
-    refs = [f"refs/heads/{b}" for b in branches]
     try:
-        output = git.Git().ls_remote(source, *refs)
+        output = git.Git().ls_remote(source, *(f"refs/heads/{b}" for b in branches))
     except git.GitCommandError as exc:
         raise GitError(f"cannot list branches of {source}: {exc.stderr.strip() or exc}") from None
-    heads: dict[str, str] = {}
-    for line in output.splitlines():
-        sha, _, ref = line.partition("\t")
-        heads[ref.removeprefix("refs/heads/")] = sha
-    return heads
+    lines = (line.partition("\t") for line in output.splitlines())
+    return {ref.removeprefix("refs/heads/"): sha for sha, _, ref in lines}
 
 
 class DeploymentRepo:
@@ -133,35 +108,27 @@ class DeploymentRepo:
         self.source = str(source)
         self.cache_dir = cache_dir or default_cache_dir()
         self._submodule_repos: dict[str, DeploymentRepo] = {}
-        if _is_local_repository(self.source):
-            self.path = Path(self.source).resolve()
-            self.mirrored = False
-        else:
-            digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
-            self.path = self.cache_dir / "mirrors" / f"{digest}.git"
-            self.mirrored = True
-            if not self.path.exists():
-                self._clone_mirror()
+        self.mirrored = not _is_local_repository(self.source)
+        digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
+        self.path = self.cache_dir / "mirrors" / f"{digest}.git" if self.mirrored else Path(self.source).resolve()
+        if self.mirrored and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                git.Repo.clone_from(self.source, self.path, mirror=True)
+            except git.GitCommandError as exc:
+                raise GitError(f"cannot clone {self.source}: {exc.stderr.strip() or exc}") from None
         try:
             self.git_repo = git.Repo(self.path)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise GitError(f"{self.source} is not a git repository") from None
 
-    def _clone_mirror(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            git.Repo.clone_from(self.source, self.path, mirror=True)
-        except git.GitCommandError as exc:
-            raise GitError(f"cannot clone {self.source}: {exc.stderr.strip() or exc}") from None
-
     def fetch(self) -> None:
         """Bring a mirror up to date; a local repository is always current."""
-        if not self.mirrored:
-            return
-        try:
-            self.git_repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
-        except git.GitCommandError as exc:
-            raise GitError(f"cannot fetch {self.source}: {exc.stderr.strip() or exc}") from None
+        if self.mirrored:
+            try:
+                self.git_repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*")
+            except git.GitCommandError as exc:
+                raise GitError(f"cannot fetch {self.source}: {exc.stderr.strip() or exc}") from None
 
     def has_commit(self, sha: str) -> bool:
         try:
@@ -171,10 +138,8 @@ class DeploymentRepo:
         return True
 
     def ensure_commit(self, sha: str) -> None:
-        """Make a commit present: a mirror fetches its branches, then the commit by id (a pin may be on no branch).
-
-        A commit fetched by id is kept under refs/hubploy/pins/ so that garbage collection never drops it.
-        """
+        """Make a commit present: a mirror fetches its branches, then the commit by id (a pin may be on no branch),
+        kept under refs/hubploy/pins/ so that garbage collection never drops it."""
         if self.mirrored and not self.has_commit(sha):
             with suppress(GitError):
                 self.fetch()
@@ -188,10 +153,9 @@ class DeploymentRepo:
         """What relative submodule URLs are relative to, as for git: our URL, else the origin remote, else us."""
         if self.mirrored:
             return self.source
-        origin = next((remote for remote in self.git_repo.remotes if remote.name == "origin"), None)
-        with suppress(Exception):
-            if origin is not None and origin.url:
-                return str(origin.url)
+        with suppress(Exception):  # no origin remote, or one without a URL
+            if url := self.git_repo.remotes.origin.url:
+                return str(url)
         return str(self.path)
 
     def submodule_url(self, commit: str, path: str, pin: str) -> tuple[str, str]:
@@ -227,11 +191,8 @@ class DeploymentRepo:
         return self._submodule_repos[location]
 
     def submodule(self, commit: str, path: str, pin: str) -> DeploymentRepo:
-        """The repository that holds the submodule at `path` of `commit`, with its pinned commit `pin` present.
-
-        A local clone's own copy is used when it has the pin; otherwise the URL from `.gitmodules` (a path is
-        used in place, a URL mirrored into our cache beside the superproject's mirror and fetched on demand).
-        """
+        """The repository that holds the submodule at `path` of `commit`, with its pinned commit `pin` present: a
+        local clone's own copy when it has the pin, else the URL from `.gitmodules` (a URL mirrored into our cache)."""
         name, url = self.submodule_url(commit, path, pin)
         local = next((repo for repo in self._local_submodules(name, path) if repo.has_commit(pin)), None)
         if local is not None:
@@ -260,18 +221,14 @@ class DeploymentRepo:
         raise GitError(f"unknown revision {rev!r} in {self.source}")
 
     def snapshot(self, rev: str) -> Snapshot:
-        sha = self.resolve(rev)
-        return Snapshot(self, self.git_repo.commit(sha))
+        return Snapshot(self, self.git_repo.commit(self.resolve(rev)))
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         return self.git_repo.is_ancestor(older, newer)
 
     def archive(self, sha: str, folder: str) -> bytes:
         """A tar of one folder as committed, with the folder as its root: a build context without a work tree.
-
-        A folder inside a submodule is archived from the submodule's repository at the pinned commit; a
-        submodule inside the folder is an empty folder, as `git archive` always makes it.
-        """
+        A folder inside a submodule comes from the pinned commit; a submodule inside it is an empty folder."""
         owner, owner_sha, inner = self.snapshot(sha).owner_of(folder)
         return owner.git_repo.git.archive("--format=tar", f"{owner_sha}:{inner}", stdout_as_string=False)
 
@@ -282,15 +239,16 @@ class DeploymentRepo:
     def changed_paths(self, old: str, new: str) -> list[str]:
         """Paths whose content differs between two commits (a tree comparison: ancestry does not matter).
 
-        A moved submodule pin is expanded into the paths that differ inside the submodule, so that a hub whose
-        files lie in a secrets submodule changes only when its own files there do. When the submodule cannot
-        be read, its own path is returned instead: anything under it may have changed.
+        A moved submodule pin gives the paths that differ inside the submodule, so a hub changes only when its own
+        files there do; a submodule that cannot be read gives its own path: anything under it may have changed.
         """
         output = self.git_repo.git.diff(
             "--raw", "--no-abbrev", "--no-renames", "--ignore-submodules=none", "-z", old, new
         )
+        fields = output.split("\0")  # ":<old mode> <new mode> <old id> <new id> <status>", then the path
         paths: list[str] = []
-        for old_mode, new_mode, old_id, new_id, path in _raw_diff(output):
+        for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+            old_mode, new_mode, old_id, new_id = meta[1:].split()[:4]
             if {old_mode, new_mode} - {GITLINK_MODE, NO_ENTRY_MODE}:
                 paths.append(path)
             if GITLINK_MODE in (old_mode, new_mode):
@@ -308,7 +266,6 @@ class DeploymentRepo:
                 inner = repo.changed_paths(old_pin, new_pin)
             else:
                 commit, pin = (new, new_pin) if new_pin else (old, old_pin)
-                assert pin is not None
                 inner = self.submodule(commit, path, pin).files(pin)
         except GitError:
             return [path]
@@ -332,16 +289,17 @@ class Snapshot:
     def _listing(self, path: str) -> dict[str, Entry] | None:
         path = path.strip("/")
         if path not in self._listings:
-            tree: Tree | Blob | None = self.commit.tree if not path else self.entry(path)
-            entries = [_entry_of(item) for item in tree] if isinstance(tree, Tree) else None
-            self._listings[path] = {entry.name: entry for entry in entries} if entries is not None else None
+            tree = self.commit.tree if not path else self.entry(path)
+            self._listings[path] = None
+            if isinstance(tree, Tree):
+                entries = (Gitlink(item.path, item.hexsha) if isinstance(item, Submodule) else item for item in tree)
+                self._listings[path] = {entry.name: entry for entry in entries}
         return self._listings[path]
 
     def _raw_entry(self, path: str) -> Entry | None:
         """The entry as its tree lists it: a submodule stays a Gitlink, so nothing is fetched for it."""
         parent_path, _, name = path.strip("/").rpartition("/")
-        listing = self._listing(parent_path)
-        return listing.get(name) if listing is not None else None
+        return (self._listing(parent_path) or {}).get(name)
 
     def entry(self, path: str) -> Tree | Blob | None:
         """A file or folder at this commit; a submodule is the tree of the commit it pins, from its repository."""
@@ -367,8 +325,8 @@ class Snapshot:
         owner, owner_sha = self._mounts.get(prefix) or (self.repo, self.sha)
         try:
             repo = owner.submodule(owner_sha, link.path.removeprefix(prefix).lstrip("/"), link.hexsha)
-        except SubmoduleError as exc:
-            return exc.at(link.path)
+        except SubmoduleError as exc:  # a nested submodule's error named by its path here
+            return SubmoduleError(link.path, exc.url, exc.commit, exc.reason)
         self._mounts[link.path] = (repo, link.hexsha)
         root = repo.git_repo.commit(link.hexsha).tree
         return Tree(repo.git_repo, root.binsha, root.mode, link.path)
@@ -383,10 +341,8 @@ class Snapshot:
         return repo, sha, path.removeprefix(prefix).lstrip("/")
 
     def object_id(self, path: str) -> str | None:
-        """The git object id of a file or folder at this commit (equal ids mean equal content).
-
-        For a submodule's own path that is the pinned commit, so it changes whenever the pin moves.
-        """
+        """The git object id of a file or folder at this commit (equal ids mean equal content); for a submodule's
+        own path, the pinned commit, so it changes whenever the pin moves."""
         entry = self._raw_entry(path)
         return entry.hexsha if entry is not None else None
 
@@ -409,15 +365,10 @@ class Snapshot:
         return f"{path}@{self.sha[:7]}"
 
 
-def _entry_of(item: Tree | Blob | Submodule) -> Entry:
-    return Gitlink(item.path, item.hexsha) if isinstance(item, Submodule) else item
-
-
 def extract_tar(data: bytes, target: Path) -> None:
     """Unpack a tar (a `git archive`) into `target`; members or links that would land outside it are refused.
 
-    tarfile's `filter="data"` does this from Python 3.11.4 on; Debian 12's python3 (the code-location image's,
-    deploy/Dockerfile) is 3.11.2 and lacks it, so there the same rule is checked here before extracting.
+    tarfile's `filter="data"` does this from Python 3.11.4 on; Debian 12's python3 (deploy/Dockerfile) is 3.11.2.
     """
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         if hasattr(tarfile, "data_filter"):
@@ -427,14 +378,7 @@ def extract_tar(data: bytes, target: Path) -> None:
         for member in archive.getmembers():
             path = (root / member.name).resolve()
             link = (path.parent / member.linkname).resolve() if member.issym() else root / member.linkname
-            unsafe = (
-                member.isdev()
-                or not path.is_relative_to(root)
-                or (
-                    (member.islnk() or member.issym())
-                    and (os.path.isabs(member.linkname) or not link.is_relative_to(root))
-                )
-            )
-            if unsafe:
+            escapes = os.path.isabs(member.linkname) or not link.is_relative_to(root)
+            if member.isdev() or not path.is_relative_to(root) or ((member.islnk() or member.issym()) and escapes):
                 raise GitError(f"refusing to extract {member.name!r}: it would land outside {target}")
         archive.extractall(target)

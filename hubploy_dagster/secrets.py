@@ -1,14 +1,12 @@
 """sops-encrypted files, decrypted only inside a `with` block, and the masking of their values in output.
 
-hubploy decrypts a file when it has a top-level `sops` key and otherwise uses it as it is. We keep that test
-but, like 2i2c's deployer, refuse a file under `secrets/` that is not encrypted: it was probably committed in
-plain text, and a deploy must not quietly use leaked values. Repositories that decrypt secrets before the
-deploy by other means say so with `secrets: {encryption: external}`. git-crypt is not such a means here:
-files are read from git objects, where git-crypt keeps them encrypted, so its ciphertext is refused by name
-rather than handed to helm.
+hubploy decrypts a file when it has a top-level `sops` key. Like 2i2c's deployer, we also refuse a file under
+`secrets/` that is not encrypted (probably committed in plain text, its values leaked), unless the repository
+says `secrets: {encryption: external}`. git-crypt ciphertext is refused by name: files are read from git
+objects, where git-crypt keeps them encrypted.
 
-Decrypted content exists only in a private temporary folder (mode 0700) that is removed when the block ends,
-whatever happens inside it; the values are collected so that logs and errors can be masked.
+Decrypted content exists only in a private temporary folder (mode 0700) removed when the block ends; the values
+are collected so that logs and errors can be masked.
 """
 
 from __future__ import annotations
@@ -108,10 +106,6 @@ def _leaf_strings(data: Any) -> Iterator[str]:
         yield str(data)
 
 
-def _is_kubeconfig(data: Any) -> bool:
-    return isinstance(data, dict) and data.get("kind") == "Config" and "clusters" in data
-
-
 @dataclass
 class Masker:
     """Replaces every known secret value in text; the longest values first so none leaks partly."""
@@ -129,7 +123,7 @@ class Masker:
         """Every value of a secrets file; of a kubeconfig only its users' credentials, so that errors still
         name the server, the cluster and the context an operator has to look at."""
         data = _parse(content)
-        if _is_kubeconfig(data):
+        if isinstance(data, dict) and data.get("kind") == "Config" and "clusters" in data:
             data = [entry.get("user") for entry in data.get("users") or [] if isinstance(entry, dict)]
         self.add(_leaf_strings(data))
 
@@ -146,22 +140,17 @@ class Sops:
     executable: str = "sops"
     age_key_file: str | None = None
 
-    def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.age_key_file:
-            env["SOPS_AGE_KEY_FILE"] = self.age_key_file
-        return env
-
     def decrypt(self, source: Path, target: Path, label: str) -> None:
         try:
             binary = find_tool(self.executable, f"decrypting {label}")
         except MissingToolError as exc:
             raise SecretError(str(exc)) from None
+        env = {**os.environ, "SOPS_AGE_KEY_FILE": self.age_key_file} if self.age_key_file else None
         result = subprocess.run(
             [binary, "--decrypt", "--output", str(target), str(source)],
             capture_output=True,
             text=True,
-            env=self._environment(),
+            env=env,
             check=False,
         )
         if result.returncode != 0:
@@ -175,18 +164,16 @@ def decrypted_files(
 ) -> Iterator[list[Path]]:
     """Each (label, content) as a private plaintext file, in order; every value is added to `masker`.
 
-    A file with a top-level `sops` key is decrypted; any other file is an error unless `encryption` is
-    "external" (decrypted before the deploy by other means), when it is used as it is.
-
-    Nothing is written until every file has been checked, so a plaintext file stops the deploy before any
-    secret has touched the disk. git-crypt ciphertext is refused in both modes.
+    sops files are decrypted; any other file is an error unless `encryption` is "external" (then used as it is).
+    Every file is checked before anything is written, so a plaintext file stops the deploy before any secret
+    touches the disk. git-crypt ciphertext is refused in both modes.
     """
     refuse_git_crypt(files)
     encrypted = [is_sops_encrypted(content) for _, content in files]
-    if encryption == "sops" and not all(encrypted):
-        plain = next(label for (label, _), flag in zip(files, encrypted, strict=True) if not flag)
+    plain = [label for (label, _), flag in zip(files, encrypted, strict=True) if not flag]
+    if encryption == "sops" and plain:
         raise SecretError(
-            f"{plain} is not sops-encrypted (no top-level 'sops' key): refusing to deploy with it. "
+            f"{plain[0]} is not sops-encrypted (no top-level 'sops' key): refusing to deploy with it. "
             "If it was ever pushed in plain text, treat its values as leaked and rotate them; "
             "if secrets are decrypted before deploys by other means, set secrets.encryption: external"
         )

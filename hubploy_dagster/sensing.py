@@ -1,9 +1,8 @@
 """What a move of a watched branch should deploy: the plain logic behind the git sensor.
 
-A tick reads branch heads (one `git ls-remote`); only a branch that moved costs more: a fetch of the mirror
-and one tree comparison (the change set). A hub is requested when its configuration changed and is not
-already what its last successful release deployed, so neither a first start nor a lost cursor redeploys
-everything. Hubs the code location does not know yet are reported, so the sensor can reload it first.
+A tick reads branch heads (one `git ls-remote`); only a moved branch costs a fetch and one tree comparison. A hub
+is requested when its configuration changed and is not what its last successful release deployed, so neither a
+first start nor a lost cursor redeploys everything; hubs the code location lacks are reported, to reload it first.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """The settings hubploy-dagster reads from the environment: one class, one typed and documented field each.
 
-Modules get these variables from here, never from `os.environ`. The entry points (the code location in
-`definitions.py`, the `hubploy` command's main group) take them from `current()` once and pass them on;
-library code that both reach (finding a tool, the chart cache, the Docker engine, the secret-printing guard)
-asks `current()` itself. `current()` parses
-and validates the environment once and keeps the result; it parses again only when one of the variables it
-reads has changed (never in a deployed process; in tests that set them with monkeypatch, at once), and
-`reset()` forgets it explicitly.
+Modules get these variables from here, never from `os.environ`: the entry points (`definitions.py`, the
+`hubploy` command) take them from `current()` once and pass them on; library code both reach (tools, chart
+cache, Docker engine, secret-printing guard) asks `current()` itself. The environments and their branches are
+repository configuration (`hubploy_dagster.chain`); HUBPLOY_BRANCHES only names the default chain's. Other
+tools' variables (KUBECONFIG, HELM_*, the cloud CLIs', XDG_CACHE_HOME) are passed through to them.
 
-The environments and their branches are repository configuration (`hubploy_dagster.chain`); HUBPLOY_BRANCHES
-only names the branches of the default chain.
-
-Variables of other tools that are only passed through to them (KUBECONFIG, HELM_*, the cloud CLIs' own,
-XDG_CACHE_HOME) are not settings: the subprocesses get a copy of the environment.
-
-`python -m hubploy_dagster.settings` prints the README's table of these settings;
-`python -m hubploy_dagster.settings README.md` rewrites it there, between the marker comments.
+`python -m hubploy_dagster.settings [README.md]` prints the README's settings table (or rewrites it there).
 """
 
 from __future__ import annotations
@@ -38,13 +29,8 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # External commands an operator may point at their own installation with HUBPLOY_<NAME> (hubploy had
 # HELM_EXECUTABLE): program name -> field of Settings. Other programs (the local cluster's) come from PATH.
 TOOLS = {
-    "helm": "helm_command",
-    "sops": "sops_command",
-    "repo2docker": "repo2docker_command",
-    "gcloud": "gcloud_command",
-    "aws": "aws_command",
-    "az": "az_command",
-    "docker-credential-ecr-login": "docker_credential_ecr_login_command",
+    name: f"{name.replace('-', '_')}_command"
+    for name in ("helm", "sops", "repo2docker", "gcloud", "aws", "az", "docker-credential-ecr-login")
 }
 
 README_BEGIN = (
@@ -57,15 +43,15 @@ class SettingsError(HubployError):
     """A variable of the environment has a value hubploy-dagster cannot use (the message names it)."""
 
 
-def _variable(name: str, description: str, shown_default: str | None = None) -> dict[str, Any]:
-    """Field arguments: the variable's name and its documentation (and the README's default, when not the value)."""
+def _variable(name: str, description: str, default: Any = None, shown_default: str | None = None, **kw: Any) -> Any:
+    """A field read from the variable `name`, documented; `shown_default` is the README's default when given."""
     extra = {"shown_default": shown_default} if shown_default is not None else None
-    return {"validation_alias": name, "description": description, "json_schema_extra": extra}
+    return Field(default, validation_alias=name, description=description, json_schema_extra=extra, **kw)
 
 
 def _tool(name: str) -> Any:
     variable = f"HUBPLOY_{name.upper().replace('-', '_')}"
-    return Field(None, **_variable(variable, f"the `{name}` command to run: a name on PATH or a path", f"`{name}`"))
+    return _variable(variable, f"the `{name}` command to run: a name on PATH or a path", shown_default=f"`{name}`")
 
 
 class Settings(BaseSettings):
@@ -73,73 +59,57 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, frozen=True)
 
-    repo: str | None = Field(
-        None,
-        **_variable(
-            "HUBPLOY_REPO",
-            "the deployment repository: a path (bare or not) or a git URL; `hubploy history` reads commit authors there",
-            "required by the code location",
-        ),
+    repo: str | None = _variable(
+        "HUBPLOY_REPO",
+        "the deployment repository: a path (bare or not) or a git URL; `hubploy history` reads commit authors there",
+        shown_default="required by the code location",
     )
-    branches: Annotated[tuple[str, ...], NoDecode] = Field(
-        DEFAULT_BRANCHES,
-        **_variable(
-            "HUBPLOY_BRANCHES",
-            "without `hubploy-environments.yaml` in the repository: the branches staging (the first) and prod "
-            "(the last) follow, comma-separated",
-        ),
+    branches: Annotated[tuple[str, ...], NoDecode] = _variable(
+        "HUBPLOY_BRANCHES",
+        "without `hubploy-environments.yaml` in the repository: the branches staging (the first) and prod "
+        "(the last) follow, comma-separated",
+        default=DEFAULT_BRANCHES,
     )
-    sensor_interval: int = Field(30, gt=0, **_variable("HUBPLOY_SENSOR_INTERVAL", "seconds between sensor ticks"))
-    webserver_url: str | None = Field(
-        None,
-        **_variable("HUBPLOY_WEBSERVER_URL", "the Dagster webserver, for code-location reloads (new hubs) and links"),
+    sensor_interval: int = _variable("HUBPLOY_SENSOR_INTERVAL", "seconds between sensor ticks", default=30, gt=0)
+    webserver_url: str | None = _variable(
+        "HUBPLOY_WEBSERVER_URL", "the Dagster webserver, for code-location reloads (new hubs) and links"
     )
-    webhook_url: str | None = Field(
-        None,
-        **_variable(
-            "HUBPLOY_WEBHOOK_URL", "a Slack-style incoming webhook for failed deploys", "none (nothing posted)"
-        ),
+    webhook_url: str | None = _variable(
+        "HUBPLOY_WEBHOOK_URL",
+        "a Slack-style incoming webhook for failed deploys",
+        shown_default="none (nothing posted)",
     )
-    build_args: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict,
-        **_variable("HUBPLOY_BUILD_ARGS", "`KEY=VALUE,...` build arguments for every image"),
+    build_args: Annotated[dict[str, str], NoDecode] = _variable(
+        "HUBPLOY_BUILD_ARGS", "`KEY=VALUE,...` build arguments for every image", default={}
     )
-    chart_cache: Annotated[tuple[Path, ...], NoDecode] = Field(
-        (),
-        **_variable(
-            "HUBPLOY_CHART_CACHE",
-            "folders (`:`-separated, as in PATH) of chart archives (`name-version.tgz`) used instead of "
-            "downloading dependencies",
-        ),
+    chart_cache: Annotated[tuple[Path, ...], NoDecode] = _variable(
+        "HUBPLOY_CHART_CACHE",
+        "folders (`:`-separated, as in PATH) of chart archives (`name-version.tgz`) used instead of "
+        "downloading dependencies",
+        default=(),
     )
-    sops_age_key_file: Path | None = Field(
-        None, **_variable("SOPS_AGE_KEY_FILE", "the age key sops decrypts with", "sops' own defaults")
+    sops_age_key_file: Path | None = _variable(
+        "SOPS_AGE_KEY_FILE", "the age key sops decrypts with", shown_default="sops' own defaults"
     )
-    dagster_home: Path | None = Field(
-        None,
-        **_variable(
-            "DAGSTER_HOME",
-            "the Dagster instance `hubploy history` reads and `hubploy deploy` records into",
-            "none (deploys not recorded)",
-        ),
+    dagster_home: Path | None = _variable(
+        "DAGSTER_HOME",
+        "the Dagster instance `hubploy history` reads and `hubploy deploy` records into",
+        shown_default="none (deploys not recorded)",
     )
-    docker_host: str | None = Field(
-        None,
-        **_variable("DOCKER_HOST", "the Docker engine images are built with", f"`{DEFAULT_DOCKER_HOST}`"),
+    docker_host: str | None = _variable(
+        "DOCKER_HOST", "the Docker engine images are built with", shown_default=f"`{DEFAULT_DOCKER_HOST}`"
     )
-    ci: bool = Field(
-        False,
-        **_variable(
-            "CI",
-            "set (any value) by CI systems: `--dry-run` and `--helm-debug`, which print secrets, are refused",
-            "unset",
-        ),
+    ci: bool = _variable(
+        "CI",
+        "set (any value) by CI systems: `--dry-run` and `--helm-debug`, which print secrets, are refused",
+        default=False,
+        shown_default="unset",
     )
-    local_debug: bool = Field(
-        False,
-        **_variable(
-            "HUBPLOY_LOCAL_DEBUG", "`1` allows `--dry-run` and `--helm-debug` outside CI (they print secrets)", "unset"
-        ),
+    local_debug: bool = _variable(
+        "HUBPLOY_LOCAL_DEBUG",
+        "`1` allows `--dry-run` and `--helm-debug` outside CI (they print secrets)",
+        default=False,
+        shown_default="unset",
     )
     helm_command: str | None = _tool("helm")
     sops_command: str | None = _tool("sops")

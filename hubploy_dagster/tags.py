@@ -1,16 +1,11 @@
 """Image tags exactly as hubploy computes them, for every hub in one history walk.
 
-hubploy tags an image with the last commit touching its folder (`git log -n 1 --pretty=format:%H -- <dir>`),
-cut to the shortest prefix of at least 7 characters that contains a letter (an all-digit tag would become a
-number in helm). Running that `git log` once per hub costs one history walk per hub; here one walk serves
-every folder, following git's own history simplification so the answer is identical:
-
-- a non-merge commit whose diff touches the folder is the answer; otherwise its parent's answer is;
-- a merge that has the folder's content of one of its parents takes that (first such) parent's answer;
-  a merge that differs from every parent in the folder is the answer itself.
-
-Answers are memoised per commit in a small persistent index, so the next commit costs only the walk back
-to the last commit already indexed.
+hubploy tags an image with the last commit touching its folder (`git log -n 1 --pretty=format:%H -- <dir>`), cut
+to the shortest prefix of at least 7 characters holding a letter (an all-digit tag would be a number in helm).
+One walk serves every folder, following git's history simplification so the answer is identical: a non-merge
+commit whose diff touches the folder is the answer, else its parent's answer is; a merge takes the answer of its
+first parent with the same content in the folder, and is the answer itself when it differs from every parent.
+Answers are memoised per commit in a small persistent index: a new commit costs only the walk back to one indexed.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,15 +36,13 @@ HEADER = re.compile(rb"^([0-9a-f]{40})((?: [0-9a-f]{40})*)(?: \(from ([0-9a-f]{4
 
 def tag_from_sha(sha: str) -> str:
     """hubploy's `substring_with_alpha`: the shortest prefix of >= 7 characters that contains a letter."""
-    for length in range(MIN_TAG_LENGTH, len(sha) + 1):
-        if any(c.isalpha() for c in sha[:length]):
-            return sha[:length]
-    return sha
+    first_letter = next((i for i, c in enumerate(sha) if c.isalpha()), None)
+    return sha if first_letter is None else sha[: max(MIN_TAG_LENGTH, first_letter + 1)]
 
 
 @dataclass
 class _Record:
-    """One commit of the walk, with its diff against each parent it differs from (names parsed lazily)."""
+    """One commit of the walk, with the files of its diff against each parent it differs from (None: no parent)."""
 
     sha: str
     parents: list[str]
@@ -60,12 +53,8 @@ class _Record:
 
 
 class ImageTagIndex:
-    """Computes, for a commit, the last commit that touched each of many folders.
-
-    Answers are kept per commit, one small file each, so the next commit's walk stops at the first commit
-    already answered; a commit-graph is written when a walk had to read far, so that git streams
-    `--topo-order` without first walking all history.
-    """
+    """Computes, for a commit, the last commit that touched each of many folders; answers are kept per commit, one
+    file each. A commit-graph is written after a long walk, so that git streams `--topo-order` at once."""
 
     def __init__(self, repo: DeploymentRepo, index_dir: Path | None = None):
         self.repo = repo
@@ -75,7 +64,6 @@ class ImageTagIndex:
         self.index_dir = index_dir
         self._memory: dict[str, dict[str, str | None]] = {}
         self._stored: set[str] | None = None
-        self._long_walk = False
 
     def _stored_commits(self) -> set[str]:
         if self._stored is None:
@@ -119,71 +107,52 @@ class ImageTagIndex:
         known = self._known(sha)
         missing = wanted - known.keys()
         if missing:
-            self._remember(sha, self._walk(sha, missing))
+            answers, read = self._walk(sha, missing)
+            self._remember(sha, answers)
             known = self._known(sha)
-            if self._long_walk:
-                self._refresh_commit_graph()
+            if read > COMMIT_GRAPH_AFTER:  # an optimisation: a lock held by another writer or a read-only repo is fine
+                with contextlib.suppress(git.GitCommandError):
+                    self.repo.git_repo.git.execute(["git", "commit-graph", "write", "--reachable", "--split"])
         return {f: known[f] for f in sorted(wanted)}
 
-    def _walk(self, start: str, folders: set[str]) -> dict[str, str | None]:
+    def _walk(self, start: str, folders: set[str]) -> tuple[dict[str, str | None], int]:
+        """The last commit touching each folder (None: none did), and how many commits the walk read."""
         result: dict[str, str | None] = {}
         pending: dict[str, set[str]] = {start: set(folders)}
 
         def move(commit: str, moving: set[str]) -> None:
             known = self._known(commit)
-            for folder in moving & known.keys():
-                result[folder] = known[folder]
-            rest = moving - known.keys()
-            if rest:
+            result.update({folder: known[folder] for folder in moving & known.keys()})
+            if rest := moving - known.keys():
                 pending.setdefault(commit, set()).update(rest)
 
         read = 0
         for record in self._history(start):
             read += 1
-            here = pending.pop(record.sha, None)
-            if here:
-                self._step(record, here, move, result)
+            here = pending.pop(record.sha, set())
+            if here and len(record.parents) <= 1:  # a root commit is diffed against nothing: all its files count
+                touched = here & record.touched(None)
+                result.update(dict.fromkeys(touched, record.sha))
+                if record.parents:
+                    move(record.parents[0], here - touched)
+            elif here:
+                differs = {parent: record.touched(parent) for parent in record.parents}
+                for folder in here:
+                    same_as = next((p for p in record.parents if folder not in differs[p]), None)
+                    if same_as is None:
+                        result[folder] = record.sha
+                    else:
+                        move(same_as, {folder})
             if not pending:
                 break
-        for folder in set().union(*pending.values()):
-            result[folder] = None
-        self._long_walk = read > COMMIT_GRAPH_AFTER
-        return result
-
-    def _refresh_commit_graph(self) -> None:
-        """Only an optimisation: another writer holding the lock, or a read-only repository, is not an error."""
-        with contextlib.suppress(git.GitCommandError):
-            self.repo.git_repo.git.execute(["git", "commit-graph", "write", "--reachable", "--split"])
-
-    @staticmethod
-    def _step(record: _Record, here: set[str], move: Callable[[str, set[str]], None], result: dict) -> None:
-        if not record.parents:  # the root commit: its diff against nothing touches every folder it has
-            touched = record.touched(None)
-            for folder in here:
-                result[folder] = record.sha if folder in touched else None
-            return
-        if len(record.parents) == 1:
-            touched = here & record.touched(None)
-            for folder in touched:
-                result[folder] = record.sha
-            move(record.parents[0], here - touched)
-            return
-        differs = {parent: record.touched(parent) for parent in record.parents if parent in record.diffs}
-        for folder in here:
-            same_as = next((p for p in record.parents if folder not in differs.get(p, ())), None)
-            if same_as is None:
-                result[folder] = record.sha
-            else:
-                move(same_as, {folder})
+        return {folder: result.get(folder) for folder in folders}, read
 
     def _history(self, start: str) -> Iterator[_Record]:
         """Commits from `start` in topological order, each with its diff against each differing parent.
 
-        Every option that user or repository configuration could change (log.diffMerges, log.showRoot,
-        color, decorations, signatures) is set explicitly: hubploy's own `git log -- <dir>` is immune to them.
-
-        A line is a commit header only when it names a commit the walk can reach next (the start or a
-        parent already seen): a file whose name looks like a sha is then never mistaken for a commit.
+        Every option configuration could change (log.diffMerges, log.showRoot, color, decorations, signatures) is
+        set, as hubploy's own `git log -- <dir>` is immune to them. A line is a commit header only when it names a
+        commit the walk can reach next, so a file named like a sha is never mistaken for a commit.
         """
         process = self.repo.git_repo.git(c="core.quotePath=false").log(
             "--topo-order", "--diff-merges=separate", "--root", "--name-only", "--no-renames", "--parents",
@@ -194,37 +163,26 @@ class ImageTagIndex:
         current: _Record | None = None
         files: list[str] = []
         try:
-            assert process.stdout is not None
             for raw in process.stdout:
                 line = raw.rstrip(b"\n")
                 header = HEADER.match(line)
-                sha = header.group(1).decode() if header else None
-                if sha is None or (sha not in reachable and (current is None or sha != current.sha)):
+                if header is None or header.group(1).decode() not in reachable:
                     if line:
                         files.append(line.decode("utf-8", "surrogateescape"))
                     continue
-                assert header is not None
-                if current is not None and sha != current.sha:
-                    yield current
-                    current = None
-                if current is None:
-                    parents = header.group(2).decode().split()
-                    reachable.update(parents)
-                    current = _Record(sha, parents)
-                files = current.diffs.setdefault(header.group(3).decode() if header.group(3) else None, [])
+                sha, parent = header.group(1).decode(), header.group(3)
+                if current is None or sha != current.sha:
+                    if current is not None:
+                        yield current
+                    current = _Record(sha, header.group(2).decode().split())
+                    reachable.update(current.parents)
+                files = current.diffs.setdefault(parent.decode() if parent else None, [])
             if current is not None:
                 yield current
-        finally:
-            _stop(process)
-
-
-def _stop(process: git.cmd.Git.AutoInterrupt) -> None:
-    """End the `git log` early once every folder has its answer: the rest of history is not needed."""
-    proc = process.proc
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-    if proc is not None:
-        proc.wait()
+        finally:  # ends the `git log` early once every folder has its answer (kill does nothing once it exited)
+            if process.proc is not None:
+                process.proc.kill()
+                process.proc.wait()
 
 
 @dataclass(frozen=True)
@@ -243,20 +201,15 @@ class ImageTag:
 def hub_image_tags(
     repo: DeploymentRepo, deployment: Deployment, hub: Hub, images: list[ImageSpec] | None = None
 ) -> list[tuple[ImageSpec, str, str]]:
-    """(image, folder, tag) of each of the hub's images at the deployment's commit, for builds and deploys alike.
-
-    A folder no commit touched has no tag, and nothing can be built or deployed for it.
-    """
+    """(image, folder, tag) of each of the hub's images at the deployment's commit, for builds and deploys alike;
+    a folder no commit touched has no tag, and nothing can be built or deployed for it."""
     images = hub.images() if images is None else images
     folders = [hub.image_dir(image) for image in images]
     tags = ImageTagIndex(repo).tags(deployment.sha, folders)
-    found = []
-    for image, folder in zip(images, folders, strict=True):
-        tag = tags[folder]
-        if tag is None:
-            raise HubployError(f"{deployment.snapshot.describe(folder)}: no commit touches the image folder")
-        found.append((image, folder, tag))
-    return found
+    untouched = next((folder for folder in folders if tags[folder] is None), None)
+    if untouched is not None:
+        raise HubployError(f"{deployment.snapshot.describe(untouched)}: no commit touches the image folder")
+    return [(image, folder, tags[folder]) for image, folder in zip(images, folders, strict=True)]
 
 
 def deployment_image_tags(index: ImageTagIndex, deployment: Deployment) -> list[ImageTag]:

@@ -1,15 +1,10 @@
 """`hubploy validate`: everything a deploy of any hub at one commit would trip over, found before any deploy.
 
-A deploy stops at the first problem it meets; a pull request wants every problem at once, so each check
-here records what it finds and carries on: the schema of every `hubploy.yaml`, the files they reference
-(image folders and what builds them, the chart, `watch_paths`, credentials files), the values files
-(present, valid YAML), every file under a hub's `secrets/` (sops-encrypted, and decryptable with the key at
-hand), an image name pinned without a tag (hubploy 1.2's check, for hubs without an `images` block), and
-finally each hub's values rendered with the real chart (`helm template`) for every environment of the
-repository's chain (`hubploy-environments.yaml`, by default staging and prod), which also checks them
-against the chart's values schema. A render is skipped only when a file it reads already has a problem (it
-would fail on that same file again), and every render of a hub whose chart folder is missing.
-
+A deploy stops at the first problem; a pull request wants them all, so each check records what it finds and goes
+on: every `hubploy.yaml`, the files they reference (image folders, chart, `watch_paths`, credentials), the values
+files, every file under a hub's `secrets/` (decryptable with the key at hand), an image pinned without a tag, and
+each hub rendered with its real chart (`helm template`, so also its values schema) for every environment of the
+repository's chain. A render is skipped when a file it reads already has a problem, or the chart folder is missing.
 Secret values never reach a problem's text: every decrypted value goes into the Masker that masks them.
 """
 
@@ -17,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,9 +59,12 @@ def validate_repository(
         chain = default_chain()
     masker = Masker()
     for name in report.hubs:
-        hub = deployment.hubs[name]
-        checks = _HubChecks(repo, deployment, hub, sops, masker, chain)
-        checks.run_static()
+        checks = _HubChecks(repo, deployment, deployment.hubs[name], sops, masker, chain)
+        checks.check_images()
+        checks.check_referenced_paths()
+        checks.check_environments()
+        checks.check_values_files()
+        checks.check_secrets()
         failed_files = {p.file for p in checks.problems}
         checks.check_pinned_images()  # after: a tagless image is no reason to skip a file's render
         if checks.chart_exists():
@@ -78,7 +77,7 @@ def validate_repository(
 
 @dataclass
 class _HubChecks:
-    """The checks of one hub; `problems` collects what they find, `secret_keys` what decrypted files set."""
+    """The checks of one hub; `problems` collects what they find, `values` what each values file sets."""
 
     repo: DeploymentRepo
     deployment: Deployment
@@ -95,13 +94,6 @@ class _HubChecks:
 
     def problem(self, file: str, key: str, reason: str) -> None:
         self.problems.append(ConfigProblem(file, key, reason))
-
-    def run_static(self) -> None:
-        self.check_images()
-        self.check_referenced_paths()
-        self.check_environments()
-        self.check_values_files()
-        self.check_secrets()
 
     def chart_exists(self) -> bool:
         return self.deployment.snapshot.is_dir(self.hub.config.chart)
@@ -121,22 +113,16 @@ class _HubChecks:
         for index, path in enumerate(self.hub.config.watch_paths):
             if not snapshot.exists(path):
                 self.problem(self.config_file, f"watch_paths.{index}", f"{path} does not exist")
-        for key, filename in self._credential_files():
-            path = f"{self.hub.path}/secrets/{filename}"
-            if not snapshot.exists(path):
-                self.problem(self.config_file, key, f"{path} does not exist")
-
-    def _credential_files(self) -> list[tuple[str, str]]:
         images = self.hub.config.images
         blocks = [("images.registry", images.registry if images else None), ("cluster", self.hub.config.cluster)]
-        found = []
         for section, block in blocks:
-            if block is not None:
-                settings = getattr(block, block.provider)
-                for name in CREDENTIAL_FIELDS:
-                    if getattr(settings, name, None):
-                        found.append((f"{section}.{block.provider}.{name}", getattr(settings, name)))
-        return found
+            if block is None:
+                continue
+            for name in CREDENTIAL_FIELDS:
+                filename = getattr(getattr(block, block.provider), name, None)
+                path = f"{self.hub.path}/secrets/{filename}"
+                if filename and not snapshot.exists(path):
+                    self.problem(self.config_file, f"{section}.{block.provider}.{name}", f"{path} does not exist")
 
     def check_environments(self) -> None:
         """The hub's `environments` settings are for environments of the chain: any other is never deployed."""
@@ -156,44 +142,38 @@ class _HubChecks:
 
     def check_values_files(self) -> None:
         snapshot = self.deployment.snapshot
-        paths = sorted({f.path for env in self.chain.names for f in self.deployment.values_files(self.hub, env)})
-        for path in paths:
-            if path.startswith(f"{self.hub.path}/config/"):
-                label = snapshot.describe(path)
-                try:
-                    self.values[label] = self._mapping(parse_yaml(snapshot.read(path) or b"", label), label)
-                except ConfigError as exc:
-                    self.problems += exc.problems
-
-    @staticmethod
-    def _mapping(data: Any, label: str) -> dict[str, Any]:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ConfigError.single(label, "", f"helm values must be a mapping, got {type(data).__name__}")
-        return data
+        paths = {f.path for env in self.chain.names for f in self.deployment.values_files(self.hub, env)}
+        for path in sorted(p for p in paths if p.startswith(f"{self.hub.path}/config/")):
+            label = snapshot.describe(path)
+            try:
+                data = parse_yaml(snapshot.read(path) or b"", label)
+            except ConfigError as exc:
+                self.problems += exc.problems
+                continue
+            if isinstance(data, dict | None):
+                self.values[label] = data or {}
+            else:
+                self.problem(label, "", f"helm values must be a mapping, got {type(data).__name__}")
 
     def check_secrets(self) -> None:
         """Every file under the hub's secrets/ (and the secrets-submodule copy) decrypts with the key at hand."""
         snapshot = self.deployment.snapshot
         for folder in (f"{self.hub.path}/secrets", f"secrets/deployments/{self.hub.name}/secrets"):
             tree = snapshot.entry(folder)
-            if not isinstance(tree, Tree):
-                continue
-            for blob in (item for item in tree.traverse() if isinstance(item, Blob)):
+            blobs = [item for item in tree.traverse() if isinstance(item, Blob)] if isinstance(tree, Tree) else []
+            for blob in blobs:
                 label = snapshot.describe(blob.path)
                 files = [(label, blob.data_stream.read())]
                 try:
-                    with decrypted_files(files, self.sops, self.masker, self.hub.config.secrets.encryption) as [plain]:
-                        self.values[label] = _keys_only(_parse_quietly(plain.read_bytes()))
+                    encryption = self.hub.config.secrets.encryption
+                    with decrypted_files(files, self.sops, self.masker, encryption) as [plain], suppress(ConfigError):
+                        self.values[label] = _keys_only(parse_yaml(plain.read_bytes(), ""))  # unparsable: no keys
                 except SecretError as exc:
                     self.problem(label, "", str(exc).replace(label, "the file"))
 
     def render(self, env: str, failed_files: set[str], log: Callable[[str], None]) -> int:
         """`helm template` for one environment; returns 1 when it ran, 0 when a file it reads already failed.
-
-        A schema error in a file every environment reads (common.yaml) is listed once, for the first one.
-        """
+        A schema error in a file every environment reads (common.yaml) is listed once, for the first one."""
         snapshot = self.deployment.snapshot
         reads = [snapshot.describe(f.path) for f in self.deployment.values_files(self.hub, env)]
         if failed_files.intersection(reads):
@@ -229,18 +209,10 @@ class _HubChecks:
     def _subchart_prefix(self, chart_name: str) -> list[str]:
         """Schema errors name the chart they come from: a dependency's values sit under its name."""
         chart_yaml = self.deployment.snapshot.read(f"{self.hub.config.chart}/Chart.yaml") or b""
-        try:
+        own_name = None
+        with suppress(ConfigError):
             own_name = (parse_yaml(chart_yaml, "Chart.yaml") or {}).get("name")
-        except ConfigError:
-            own_name = None
         return [] if not chart_name or chart_name == own_name else [chart_name]
-
-
-def _parse_quietly(content: bytes) -> Any:
-    try:
-        return parse_yaml(content, "")
-    except ConfigError:
-        return None
 
 
 def _keys_only(data: Any) -> Any:
