@@ -31,12 +31,7 @@ if [[ -x "$BIN/kwok" && -x "$BIN/kube-apiserver" ]]; then
     exit 0
 fi
 
-# GO: the go command (default: go on PATH, else /usr/local/go/bin/go, where Go's official tarball installs).
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-[[ -x "$GO" ]] \
-    || die "no Go toolchain ($GO not found): the control plane is built from Go modules. Install Go 1.24 or newer (the official tarball, or a distribution's package of that version), put its bin on PATH or set GO to its go command"
-go_minor="$("$GO" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-((${go_minor:-0} >= 24)) || die "Go $("$GO" env GOVERSION) is too old: Kubernetes $KUBERNETES_VERSION needs Go 1.24 or newer"
+require_go 24 "the control plane (Kubernetes $KUBERNETES_VERSION)"
 "$GO" mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null 2>&1 \
     || die "the Go module proxy (GOPROXY=$("$GO" env GOPROXY)) did not serve k8s.io/kubernetes@$KUBERNETES_VERSION: the build downloads its modules from it; set GOPROXY to a proxy you can reach"
 

@@ -14,6 +14,8 @@
 #     chromium    headless Chromium (Debian `chromium`) for the end-to-end UI screenshot test
 #     control-plane  etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok built from Go
 #                 modules into a cache keyed by version, linked into .tools/bin (scripts/build-control-plane.sh)
+#     front-door  oauth2-proxy and the tests' OpenID Connect provider built from Go modules the same way
+#                 (scripts/build-front-door.sh); nginx is an apt package
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -47,6 +49,7 @@ step_apt() {
     need_deb busybox-static            # must be the static build: it becomes the base image's only binary
     need_cmd debootstrap debootstrap   # the code-location image's base (scripts/make-python-base-image.sh)
     need_deb postgresql                # PostgreSQL server binaries for the Dagster storage tests
+    need_cmd nginx nginx               # the front door's reverse proxy (deploy/front-door), for its tests
     need_cmd unzip unzip
     need_deb ca-certificates
     need_cmd curl curl
@@ -231,10 +234,11 @@ step_chromium() {
 step_docker() { "$ROOT/scripts/start-dockerd.sh" 9>&-; }
 step_base_image() { "$ROOT/scripts/make-base-image.sh"; }
 step_control_plane() { "$ROOT/scripts/build-control-plane.sh"; }
+step_front_door() { "$ROOT/scripts/build-front-door.sh"; }
 
 # ---------------------------------------------------------------------------------------------
 steps=("$@")
-((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image chromium control-plane)
+((${#steps[@]})) || steps=(apt venv tools proxy sops docker base-image chromium control-plane front-door)
 mkdir -p "$LOCAL_DIR"
 # One set-up at a time (two `make` runs would otherwise race on pip, npm pack, dockerd).
 exec 9>"$LOCAL_DIR/setup.lock"
@@ -248,7 +252,8 @@ for s in "${steps[@]}"; do
         apt | venv | tools | proxy | sops | docker | chromium) "step_$s" ;;
         base-image) step_base_image ;;
         control-plane) step_control_plane ;;
-        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image chromium control-plane)" ;;
+        front-door) step_front_door ;;
+        *) die "unknown step '$s' (steps: apt venv tools proxy sops docker base-image chromium control-plane front-door)" ;;
     esac
 done
 log "done (${steps[*]}) in $((SECONDS - start))s"

@@ -51,6 +51,7 @@ class SplitDagster:
     code_port: int
     webserver: DagsterDev
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    webservers: list[DagsterDev] = field(default_factory=list)
 
     def spawn(self, name: str, *args: str) -> None:
         executable = str(Path(sys.executable).with_name(args[0]))
@@ -64,6 +65,19 @@ class SplitDagster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    def start_webserver(self, *flags: str, port: int | None = None) -> DagsterDev:
+        """A webserver on the workspace, on a loopback port (`--read-only`: one that only shows)."""
+        port = port or free_port()
+        workspace = str(self.home / "workspace.yaml")
+        self.spawn("webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace, *flags)
+        webserver = DagsterDev(
+            process=self.processes.pop("webserver"), port=port, home=self.home, log_path=self.log_path
+        )
+        self.webservers.append(webserver)
+        if not _wait_started(webserver):
+            pytest.fail(f"the webserver exited:\n{webserver.log_tail()}", pytrace=False)
+        return webserver
 
     def start_daemon(self) -> None:
         self.spawn("daemon", "dagster-daemon", "run", "-w", str(self.home / "workspace.yaml"))
@@ -86,15 +100,18 @@ class SplitDagster:
         return pids[0]
 
     def stop(self) -> None:
-        for process in [*self.processes.values(), self.webserver.process]:
+        for process in [*self.processes.values(), *(webserver.process for webserver in self.webservers)]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
 
 
-def start_split(env: dict[str, str], workdir: Path, instance: dict[str, Any] | None = None) -> SplitDagster:
-    """The three processes on the project's dagster.yaml, with the top-level keys of `instance` replaced."""
+def start_split(
+    env: dict[str, str], workdir: Path, instance: dict[str, Any] | None = None, daemon: bool = True
+) -> SplitDagster:
+    """The three processes on the project's dagster.yaml, with the top-level keys of `instance` replaced
+    (without the daemon, queued runs stay queued)."""
     home = workdir / "dagster-home"
     home.mkdir(parents=True)
     settings = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text()) | (instance or {})
@@ -128,14 +145,10 @@ def start_split(env: dict[str, str], workdir: Path, instance: dict[str, Any] | N
         LOCATION,
     )
     wait_serving(code_port, split)
-    split.spawn(
-        "webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(web_port), "-w", str(home / "workspace.yaml")
-    )
-    split.webserver = DagsterDev(process=split.processes.pop("webserver"), port=web_port, home=home, log_path=log_path)
     try:
-        if not _wait_started(split.webserver):
-            pytest.fail(f"the webserver exited:\n{split.webserver.log_tail()}", pytrace=False)
-        split.start_daemon()
+        split.webserver = split.start_webserver(port=web_port)
+        if daemon:
+            split.start_daemon()
     except BaseException:
         split.stop()
         raise
@@ -162,9 +175,9 @@ class SplitLauncher:
         self.workdir = workdir
         self.started: list[SplitDagster] = []
 
-    def start(self, env: dict[str, str], instance: dict[str, Any] | None = None) -> SplitDagster:
+    def start(self, env: dict[str, str], instance: dict[str, Any] | None = None, daemon: bool = True) -> SplitDagster:
         workdir = Path(tempfile.mkdtemp(prefix=f"split{len(self.started)}-", dir=self.workdir))
-        split = start_split({**os.environ, **env}, workdir, instance)
+        split = start_split({**os.environ, **env}, workdir, instance, daemon)
         self.started.append(split)
         return split
 
