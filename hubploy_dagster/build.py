@@ -53,9 +53,8 @@ def build_hub_images(
     tagged = hub_image_tags(repo, deployment, hub, images)
     results = []
     with registry_login(hub, deployment.snapshot, sops, masker) as login:
-        builder = ImageBuilder(
-            docker_client, RegistryClient(login.credentials), login.auth_config, lambda s: log(masker(s))
-        )
+        registry = RegistryClient(login.credentials)
+        builder = ImageBuilder(docker_client, registry, login.auth_config, lambda s: log(masker(s)))
         for image, folder, tag in tagged:
             if plan.commit_range and not folder_changed_in_range(repo, plan.commit_range, folder):
                 log(f"{folder} did not change in {plan.commit_range}: not building {image.name}:{tag}")

@@ -1,9 +1,8 @@
 """Building and pushing a hub's user image, as `hubploy build --check-registry --push` does, but never twice.
 
-The tag is hubploy's (the last commit touching the image folder), so the registry already holding that tag
-means this exact image folder was built: nothing to do. Otherwise the image is built with the Docker engine
-from the image folder *as committed* (a `git archive` of that folder at the pinned commit, never a work
-tree), with the newest earlier tag that exists in the registry as cache, then pushed and verified.
+The tag is hubploy's (the last commit touching the image folder): if the registry has it, there is nothing to do.
+Otherwise the image is built from the folder *as committed* (a `git archive` at the pinned commit, never a work
+tree), with the newest earlier tag in the registry as cache, then pushed and verified.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ CACHE_LOOKBACK = 15
 LOG_TAIL_LINES = 20
 
 Log = Callable[[str], None]
+AuthConfig = Callable[[str], dict[str, str] | None]  # registry host -> the engine's `auth_config`, or None
 
 
 class DockerEngineError(HubployError):
@@ -133,13 +133,7 @@ def recipe_for(repo: DeploymentRepo, snapshot: Snapshot, image: ImageSpec, folde
 class ImageBuilder:
     """Ensures one image tag exists in the registry, building and pushing it only when it does not."""
 
-    def __init__(
-        self,
-        docker_client: docker.DockerClient,
-        registry: RegistryClient,
-        auth_config: Callable[[str], dict[str, str] | None],
-        log: Log,
-    ):
+    def __init__(self, docker_client: docker.DockerClient, registry: RegistryClient, auth_config: AuthConfig, log: Log):
         self.docker = docker_client
         self.registry = registry
         self.auth_config = auth_config
@@ -159,26 +153,23 @@ class ImageBuilder:
         else:
             self._build(f"{image}:{tag}", recipe.context(), cache_from, options)
         seconds = round(time.monotonic() - started, 3)
-        if not options.push:
-            return ImageResult(image, tag, None, built=True, pushed=False, build_seconds=seconds, cache_from=cache_from)
-        digest = self._push(image, tag)
-        return ImageResult(image, tag, digest, built=True, pushed=True, build_seconds=seconds, cache_from=cache_from)
+        digest = self._push(image, tag) if options.push else None
+        return ImageResult(
+            image, tag, digest, built=True, pushed=options.push, build_seconds=seconds, cache_from=cache_from
+        )
 
     def _pull_cache(self, image: str, cache_tags: Iterable[str]) -> str | None:
         for tag in cache_tags:
             if self.registry.exists(image, tag):
                 self.log(f"pulling {image}:{tag} to use as build cache")
                 try:
-                    self.docker.api.pull(image, tag=tag, auth_config=self._auth(image))
+                    self.docker.api.pull(image, tag=tag, auth_config=self.auth_config(ImageName.parse(image).host))
                 except docker.errors.APIError as exc:
                     self.log(f"could not pull cache image {image}:{tag}, building without it: {exc.explanation}")
                     return None
                 return f"{image}:{tag}"
         self.log(f"no earlier tag of {image} in the registry: building without cache")
         return None
-
-    def _auth(self, image: str) -> dict[str, str] | None:
-        return self.auth_config(ImageName.parse(image).host)
 
     def _build(self, reference: str, context: bytes, cache_from: str | None, options: BuildOptions) -> None:
         self.log(f"building {reference}" + (f" with cache from {cache_from}" if cache_from else ""))
@@ -238,7 +229,8 @@ class ImageBuilder:
         self.log(f"pushing {image}:{tag} to {host}")
         digest = None
         try:
-            for chunk in self.docker.api.push(image, tag=tag, stream=True, decode=True, auth_config=self._auth(image)):
+            stream = self.docker.api.push(image, tag=tag, stream=True, decode=True, auth_config=self.auth_config(host))
+            for chunk in stream:
                 if "error" in chunk:
                     raise PushError(f"push of {image}:{tag} to {host} failed: {str(chunk['error']).strip()}")
                 digest = chunk.get("aux", {}).get("Digest", digest)

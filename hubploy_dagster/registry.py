@@ -1,14 +1,8 @@
 """A small client of the OCI distribution API: does a tag exist in the registry, and with which digest.
 
-hubploy asked the Docker engine (`docker.images.get_registry_data`), which needs a running engine and its
-own login state just to answer a yes/no question, and folds every registry failure into one opaque API
-error. Deciding whether an image must be built, and checking that a push landed, are plain HTTP questions,
-so they are asked over HTTP here: the answer works without an engine, a missing tag is told apart from a
-registry that is down or refuses the credentials, and each of those failures names the registry.
-
-Credentials come from a lookup `host -> (username, password)` so that this module never owns any: the caller
-decides where they live (a private `DOCKER_CONFIG` for the duration of a run, see `hubploy_dagster.cloud`),
-and no password or token is ever put in a message.
+Plain HTTP rather than the Docker engine: it needs no engine, tells a missing tag apart from a registry that is
+down or refuses the credentials, and names the registry. Credentials come from the caller's lookup (a private
+`DOCKER_CONFIG`, see `hubploy_dagster.cloud`); no password or token is ever put in a message.
 """
 
 from __future__ import annotations
@@ -24,26 +18,22 @@ import re
 import socket
 import ssl
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from docker import credentials as docker_credentials
 
 from hubploy_dagster.errors import HubployError
 
-Credentials = Callable[[str], tuple[str, str] | None]
-"""Registry host (as in an image name, e.g. `gcr.io` or `127.0.0.1:5000`) -> (username, password), or None."""
-
-DOCKER_HUB_HOST = "registry-1.docker.io"
-"""Where Docker Hub's distribution API answers; image names say `docker.io` or nothing at all."""
+Credentials = Callable[[str], tuple[str, str] | None]  # host as in an image name -> (username, password)
+DOCKER_HUB_HOST = "registry-1.docker.io"  # where Docker Hub's API answers; image names say `docker.io` or nothing
+IDENTITY_TOKEN_USERNAME = "<token>"  # Docker's convention: the password is then an OAuth2 refresh token
 
 _DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", DOCKER_HUB_HOST}
 _DOCKER_HUB_CONFIG_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", DOCKER_HUB_HOST)
-
-IDENTITY_TOKEN_USERNAME = "<token>"
-"""Docker's convention: this username means the password is an OAuth2 refresh token (an identity token)."""
 
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -69,11 +59,8 @@ class RegistryAuthError(RegistryError):
 
 @dataclass(frozen=True)
 class ImageName:
-    """An image name without tag or digest, split the way the Docker CLI splits it.
-
-    The first path component is a registry host when it looks like one (has a '.' or a ':', or is
-    `localhost`); otherwise the image is on Docker Hub, whose one-component names live under `library/`.
-    """
+    """An image name without tag or digest, split as the Docker CLI does: the first component is the registry
+    host if it has a '.' or ':' or is `localhost`; otherwise Docker Hub (one-component names under `library/`)."""
 
     host: str
     repository: str
@@ -111,10 +98,8 @@ class ImageName:
 def is_loopback(host: str) -> bool:
     """Whether `host` (with or without port) is this machine; Docker talks plain HTTP to such registries."""
     hostname = _split_host(host)[0]
-    if hostname.lower() == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(hostname).is_loopback
+        return hostname.lower() == "localhost" or ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
 
@@ -132,9 +117,7 @@ def _split_host(host: str) -> tuple[str, int | None]:
 
 def _host_and_port(host: str, scheme: str) -> str:
     """How a message names the registry: always with the port, so an operator knows what was tried."""
-    if _split_host(host)[1] is not None:
-        return host
-    return f"{host}:{443 if scheme == 'https' else 80}"
+    return host if _split_host(host)[1] is not None else f"{host}:{443 if scheme == 'https' else 80}"
 
 
 def _connect_reason(exc: BaseException) -> str:
@@ -153,48 +136,28 @@ def _connect_reason(exc: BaseException) -> str:
             return (current.strerror or str(current)).lower()
         current = current.__cause__ or current.__context__
     text = str(exc)
-    if "refused" in text.lower():
-        return "connection refused"
-    return text or type(exc).__name__
-
-
-def _redact(text: str, secrets: Iterable[str | None]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return "connection refused" if "refused" in text.lower() else text or type(exc).__name__
 
 
 def _error_codes_and_message(response: httpx.Response) -> tuple[set[str], str]:
     """The distribution API's `{"errors": [{"code", "message"}]}`, or the start of whatever else it said."""
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return set(), response.text.strip()[:200]
+    except ValueError:  # also a body that is not UTF-8
+        body = None
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list):
         return set(), response.text.strip()[:200]
-    codes = {str(e.get("code", "")) for e in errors if isinstance(e, dict)}
-    text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict))
-    return codes, text
-
-
-def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """`Bearer realm="...",service="..."` -> ("bearer", {"realm": ..., "service": ...})."""
-    scheme, _, params = header.strip().partition(" ")
-    values = {
-        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-        for m in _CHALLENGE_PARAM.finditer(params)
-    }
-    return scheme.lower(), values
+    errors = [e for e in errors if isinstance(e, dict)]
+    text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+    return {str(e.get("code", "")) for e in errors}, text
 
 
 class RegistryClient:
     """Asks a registry whether `image:tag` exists and what its digest is, authenticating like Docker does.
 
-    Holds no connection between calls (callers create one per run and never close it); it remembers only
-    which scheme a loopback registry speaks and the last bearer token per repository, so repeated checks
-    of one image do not repeat the token dance.
+    Holds no connection between calls; it remembers which scheme a loopback registry speaks and the last
+    bearer token per repository, so repeated checks of one image do not repeat the token dance.
     """
 
     def __init__(self, credentials: Credentials | None = None, timeout: float = 30.0):
@@ -208,8 +171,7 @@ class RegistryClient:
     def _credentials(self, host: str) -> tuple[str, str] | None:
         """The lookup's answer for `host`, asked once per client (a credential helper is a subprocess)."""
         if host not in self._found:
-            found = self.credentials(host)
-            self._found[host] = found
+            found = self._found[host] = self.credentials(host)
             if found:
                 self._secrets.add(found[1])
         return self._found[host]
@@ -234,10 +196,8 @@ class RegistryClient:
             # A HEAD has no body: ask again with GET for the digest to hash, or for the registry's error text.
             response = self._request(client, "GET", name, path, headers)
             if response.is_success:
-                return (
-                    response.headers.get("Docker-Content-Digest")
-                    or "sha256:" + hashlib.sha256(response.content).hexdigest()
-                )
+                digest = response.headers.get("Docker-Content-Digest")
+                return digest or "sha256:" + hashlib.sha256(response.content).hexdigest()
             codes, message = _error_codes_and_message(response)
             if response.status_code == 404 or codes & _ABSENT_CODES:
                 return None
@@ -252,17 +212,17 @@ class RegistryClient:
     def _safe(self, text: str, host: str) -> str:
         """`text` without any password, token or Authorization value this client has used."""
         self._credentials(host)
-        return _redact(text, sorted(self._secrets, key=len, reverse=True))
+        for secret in sorted(self._secrets - {""}, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
     def _request(
         self, client: httpx.Client, method: str, name: ImageName, path: str, headers: Mapping[str, str]
     ) -> httpx.Response:
         """Send with the cached authorization; on 401 answer the challenge once; refuse a second 401/403."""
         key = (name.host, name.repository)
-        cached = self._auth_headers.get(key)
-        response = self._send(
-            client, method, name.host, path, {**headers, **({"Authorization": cached} if cached else {})}
-        )
+        auth = self._auth_headers.get(key)
+        response = self._send(client, method, name.host, path, {**headers, "Authorization": auth} if auth else headers)
         if response.status_code != 401:
             return response
         self._auth_headers.pop(key, None)
@@ -287,17 +247,17 @@ class RegistryClient:
             status = f"HTTP {response.status_code}"
             message = self._safe(_error_codes_and_message(response)[1], name.host) if response.content else ""
             detail = f"{status}: {message}" if message else status
-            if found is None:
-                reason = f"{by} refused anonymous access ({detail})"
-            else:
-                reason = f"{by} refused the credentials of user {found[0]!r} ({detail})"
+            whose = "anonymous access" if found is None else f"the credentials of user {found[0]!r}"
+            reason = f"{by} refused {whose} ({detail})"
         if found is None:
             reason = f"no credentials for {name.host}; {reason}"
         return RegistryAuthError(f"authentication to {name.host} failed for {name.repository}: {reason}")
 
     def _answer_challenge(self, client: httpx.Client, name: ImageName, response: httpx.Response) -> str:
-        """The Authorization header that answers the registry's WWW-Authenticate challenge."""
-        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        """The Authorization header that answers the registry's challenge (`Bearer realm="...",service="..."`)."""
+        scheme, _, challenge = response.headers.get("WWW-Authenticate", "").strip().partition(" ")
+        scheme = scheme.lower()
+        params = {m[1].lower(): m[2] if m[2] is not None else m[3] for m in _CHALLENGE_PARAM.finditer(challenge)}
         found = self._credentials(name.host)
         if scheme == "basic":
             if found is None:
@@ -305,116 +265,93 @@ class RegistryClient:
             return "Basic " + base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
         if scheme != "bearer" or not params.get("realm"):
             raise self._auth_failed(name, None, f"unsupported challenge {scheme or 'none'!r}")
-        token = self._fetch_token(client, name, params, found)
-        return f"Bearer {token}"
+        return f"Bearer {self._fetch_token(client, name, params)}"
 
-    def _fetch_token(
-        self, client: httpx.Client, name: ImageName, params: dict[str, str], found: tuple[str, str] | None
-    ) -> str:
+    def _fetch_token(self, client: httpx.Client, name: ImageName, params: dict[str, str]) -> str:
         """Docker's token flow: GET the realm (basic credentials when known), or OAuth2 for identity tokens."""
-        realm = params["realm"]
+        realm, found = params["realm"], self._credentials(name.host)
+        service = f"token service {realm} of registry {name.host}"
         query = {"scope": f"repository:{name.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
         try:
             if found is not None and found[0] == IDENTITY_TOKEN_USERNAME:
-                form = {
-                    **query,
-                    "grant_type": "refresh_token",
-                    "refresh_token": found[1],
-                    "client_id": "hubploy-dagster",
-                }
-                token_response = client.post(realm, data=form)
+                grant = {"grant_type": "refresh_token", "refresh_token": found[1], "client_id": "hubploy-dagster"}
+                token_response = client.post(realm, data={**query, **grant})
             else:
-                auth = httpx.BasicAuth(found[0], found[1]) if found is not None else None
-                token_response = client.get(realm, params=query, auth=auth)
-        except httpx.TimeoutException:
-            raise RegistryError(
-                f"token service {realm} of registry {name.host} did not answer within {self.timeout:g}s"
-            ) from None
+                token_response = client.get(realm, params=query, auth=httpx.BasicAuth(*found) if found else None)
         except httpx.TransportError as exc:
-            raise RegistryError(
-                f"token service {realm} of registry {name.host} is unreachable: {_connect_reason(exc)}"
-            ) from None
+            raise self._unreachable(service, exc) from None
         if token_response.status_code in (401, 403):
             raise self._auth_failed(name, token_response, by=f"the token service {realm}")
         if not token_response.is_success:
             message = self._safe(_error_codes_and_message(token_response)[1], name.host)
-            raise RegistryError(
-                f"token service {realm} of registry {name.host} answered HTTP {token_response.status_code}: {message}"
-            )
+            raise RegistryError(f"{service} answered HTTP {token_response.status_code}: {message}")
         try:
             body = token_response.json()
         except ValueError:
             body = {}
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not token:
-            raise RegistryError(f"token service {realm} of registry {name.host} answered without a token")
+            raise RegistryError(f"{service} answered without a token")
         return str(token)
+
+    def _unreachable(self, what: str, exc: httpx.TransportError) -> RegistryError:
+        """A transport failure of `what` (a registry with its port, or a token service): timeout or reason."""
+        if isinstance(exc, httpx.TimeoutException):
+            return RegistryError(f"{what} did not answer within {self.timeout:g}s")
+        return RegistryError(f"{what} is unreachable: {_connect_reason(exc)}")
 
     def _send(
         self, client: httpx.Client, method: str, host: str, path: str, headers: Mapping[str, str]
     ) -> httpx.Response:
-        """https, except that a loopback registry that does not speak TLS is asked over plain http."""
+        """https; a loopback registry as Docker does: TLS without certificate checks, else plain http."""
+        loopback = is_loopback(host)
         known = self._schemes.get(host)
-        schemes = [known] if known else (["https", "http"] if is_loopback(host) else ["https"])
+        schemes = [known] if known else (["https", "http"] if loopback else ["https"])
         for scheme in schemes:
+            url = f"{scheme}://{host}{path}"
             try:
-                response = self._send_once(client, method, f"{scheme}://{host}{path}", headers, is_loopback(host))
-            except httpx.TimeoutException:
-                raise RegistryError(
-                    f"registry {_host_and_port(host, scheme)} did not answer within {self.timeout:g}s"
-                ) from None
+                if loopback and scheme == "https":
+                    with httpx.Client(timeout=self.timeout, verify=False, follow_redirects=True) as insecure:
+                        response = insecure.request(method, url, headers=headers)
+                else:
+                    response = client.request(method, url, headers=headers)
             except httpx.TransportError as exc:
-                if scheme != schemes[-1]:
+                if scheme != schemes[-1] and not isinstance(exc, httpx.TimeoutException):
                     continue
-                raise RegistryError(
-                    f"registry {_host_and_port(host, scheme)} is unreachable: {_connect_reason(exc)}"
-                ) from None
+                raise self._unreachable(f"registry {_host_and_port(host, scheme)}", exc) from None
             self._schemes[host] = scheme
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send_once(
-        self, client: httpx.Client, method: str, url: str, headers: Mapping[str, str], loopback: bool
-    ) -> httpx.Response:
-        if loopback and url.startswith("https://"):
-            # Docker treats loopback registries as insecure: TLS without certificate checks, then plain http.
-            with httpx.Client(timeout=self.timeout, verify=False, follow_redirects=True) as insecure:
-                return insecure.request(method, url, headers=dict(headers))
-        return client.request(method, url, headers=dict(headers))
 
-
-def _decode_auth(value: str) -> tuple[str, str] | None:
-    try:
-        username, sep, password = base64.b64decode(value).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (username, password) if sep else None
-
-
-def _config_keys(host: str) -> list[str]:
-    """The keys under which a Docker config may hold credentials for `host` (Docker Hub has several)."""
-    if host.lower() in _DOCKER_HUB_ALIASES:
-        return list(_DOCKER_HUB_CONFIG_KEYS)
-    return [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
-
-
-def _config_host(key: str) -> str:
-    """`https://host/v1/` -> `host`, the way the Docker CLI matches legacy keys."""
-    return key.replace("https://", "").replace("http://", "").split("/", 1)[0]
+def _config_entry(entries: Mapping[str, Any], keys: list[str], host: str) -> Any:
+    """The entry under one of `keys`, else under a key naming `host` (`https://host/v1/`), as the Docker CLI."""
+    named = (v for k, v in entries.items() if k.replace("https://", "").replace("http://", "").split("/", 1)[0] == host)
+    return next((entries[k] for k in keys if k in entries), None) or next(named, None)
 
 
 def credentials_from_docker_config(config_dir: Path, env: Mapping[str, str] | None = None) -> Credentials:
-    """A credentials lookup reading `<config_dir>/config.json` the way the Docker CLI does.
-
-    `credHelpers[host]` wins, then `credsStore`, then `auths` (`auth` as base64 `user:pass`, or `username`
-    and `password`, or `identitytoken`). Helpers (`docker-credential-<name>`) run with `env`, so that a
-    cloud CLI's configuration folder chosen for this run is the one they read. The file is read on each
-    lookup, because a provider's login may write it after this function returned.
+    """A credentials lookup reading `<config_dir>/config.json` as the Docker CLI does: `credHelpers[host]`,
+    then `credsStore`, then `auths`. Helpers run with `env` (so they read this run's cloud CLI configuration);
+    the file is read on each lookup, because a provider's login may write it after this function returned.
     """
     config_file = Path(config_dir) / "config.json"
     environment = dict(env) if env is not None else None
+
+    def from_helper(name: str, server: str) -> tuple[str, str] | None:
+        """Ask `docker-credential-<name>` for `server` (the host; Docker Hub's index URL for Docker Hub)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the SDK warns when the helper is missing; get() then says so
+            store = docker_credentials.Store(name, environment=environment)
+        try:
+            data = store.get(server)
+        except docker_credentials.CredentialsNotFound:
+            return None
+        except docker_credentials.StoreError as exc:
+            raise RegistryError(f"{config_file}: credential helper docker-credential-{name} failed: {exc}") from None
+        return str(data["Username"]), str(data["Secret"])
 
     def lookup(host: str) -> tuple[str, str] | None:
         try:
@@ -425,44 +362,29 @@ def credentials_from_docker_config(config_dir: Path, env: Mapping[str, str] | No
             raise RegistryError(f"{config_file}: cannot read Docker credentials: {exc}") from None
         if not isinstance(config, dict):
             return None
-        keys = _config_keys(host)
-        helpers = config.get("credHelpers") or {}
-        helper = next((helpers[k] for k in keys if k in helpers), None) or next(
-            (name for k, name in helpers.items() if _config_host(k) == host), None
-        )
+        if host.lower() in _DOCKER_HUB_ALIASES:
+            keys = list(_DOCKER_HUB_CONFIG_KEYS)
+        else:
+            keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
+        helper = _config_entry(config.get("credHelpers") or {}, keys, host)
         for store_name in (helper, config.get("credsStore")):
             if store_name:
-                found = _from_helper(str(store_name), keys[0], environment, config_file)
+                found = from_helper(str(store_name), keys[0])
                 if found is not None:
                     return found
-        auths = config.get("auths") or {}
-        entry = next((auths[k] for k in keys if k in auths), None) or next(
-            (v for k, v in auths.items() if _config_host(k) == host), None
-        )
+        entry = _config_entry(config.get("auths") or {}, keys, host)
         if not isinstance(entry, dict):
             return None
         if entry.get("identitytoken"):
             return IDENTITY_TOKEN_USERNAME, str(entry["identitytoken"])
         if entry.get("auth"):
-            return _decode_auth(str(entry["auth"]))
+            try:
+                username, sep, password = base64.b64decode(str(entry["auth"])).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return (username, password) if sep else None
         if entry.get("username") and entry.get("password") is not None:
             return str(entry["username"]), str(entry["password"])
         return None
 
     return lookup
-
-
-def _from_helper(
-    store_name: str, server: str, environment: dict[str, str] | None, config_file: Path
-) -> tuple[str, str] | None:
-    """Ask `docker-credential-<store_name>` for `server` (the host; Docker Hub's index URL for Docker Hub)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the SDK warns when the helper is missing; get() then says so
-        store = docker_credentials.Store(store_name, environment=environment)
-    try:
-        data = store.get(server)
-    except docker_credentials.CredentialsNotFound:
-        return None
-    except docker_credentials.StoreError as exc:
-        raise RegistryError(f"{config_file}: credential helper docker-credential-{store_name} failed: {exc}") from None
-    return str(data["Username"]), str(data["Secret"])
