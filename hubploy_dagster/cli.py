@@ -1,11 +1,9 @@
 """The `hubploy` command: hubploy-compatible entry points over the same code the Dagster assets run.
 
-Every command reads the deployment repository at a commit (`--rev`) from git objects, never from the work
-tree, so `hubploy tags --rev prod` answers for the prod branch whatever is checked out.
-
-The main group reads the settings (`hubploy_dagster.settings`) once and hands them to the commands. Dagster
-is imported only by the commands that use the Dagster instance (`history`, and `deploy` when it records),
-so the others start without it.
+Every command reads the deployment repository at a commit (`--rev`) from git objects, never from the work tree,
+so `hubploy tags --rev prod` answers for the prod branch whatever is checked out. The main group reads the
+settings once and hands them to the commands; Dagster is imported only by the commands that use the Dagster
+instance (`history`, and `deploy` when it records), so the others start without it.
 """
 
 from __future__ import annotations
@@ -55,12 +53,9 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                click.echo(f"error: {problem}", err=True)
-            sys.exit(1)
         except HubployError as exc:
-            click.echo(f"error: {exc}", err=True)
+            for problem in exc.problems if isinstance(exc, ConfigError) else [exc]:
+                click.echo(f"error: {problem}", err=True)
             sys.exit(1)
 
     return wrapper

@@ -79,15 +79,9 @@ class UpgradeRequest:
             args += ["--version", self.version]
         if self.timeout:
             args += ["--timeout", self.timeout]
-        flags = [
-            (self.force, "--force"),
-            (self.atomic, "--atomic"),
-            (self.cleanup_on_fail, "--cleanup-on-fail"),
-            (self.debug, "--debug"),
-            (self.dry_run, "--dry-run"),
-        ]
-        args += [flag for enabled, flag in flags if enabled]
-        return args + self.value_args() + list(self.extra_args)
+        flags = {"--force": self.force, "--atomic": self.atomic, "--cleanup-on-fail": self.cleanup_on_fail}
+        flags |= {"--debug": self.debug, "--dry-run": self.dry_run}
+        return args + [flag for flag, enabled in flags.items() if enabled] + self.value_args() + list(self.extra_args)
 
     def template_args(self) -> list[str]:
         """`helm template` with the same values: the chart's schema is checked before anything is upgraded."""
@@ -162,23 +156,14 @@ class Helm:
             raise
 
 
-def chart_dependencies(chart: Path) -> list[dict[str, Any]]:
-    data = yaml.safe_load((chart / "Chart.yaml").read_text()) or {}
-    return [d for d in data.get("dependencies") or [] if isinstance(d, dict)]
-
-
-def chart_cache_dirs() -> list[Path]:
-    """Folders holding chart archives (`<name>-<version>.tgz`) to use instead of downloading them (HUBPLOY_CHART_CACHE)."""
-    return list(current().chart_cache)
-
-
 def prepare_dependencies(chart: Path, helm: Helm) -> str:
     """Put the chart's dependencies in charts/: from the archive cache when there, else `helm dependency update`.
 
     Returns how they were obtained, for the record. hubploy ran `helm dep up` (network) on every deploy; an
     archive already at hand makes the deploy work offline and faster.
     """
-    dependencies = chart_dependencies(chart)
+    data = yaml.safe_load((chart / "Chart.yaml").read_text()) or {}
+    dependencies = [d for d in data.get("dependencies") or [] if isinstance(d, dict)]
     if not dependencies:
         return "none"
     charts_dir = chart / "charts"
@@ -188,7 +173,8 @@ def prepare_dependencies(chart: Path, helm: Helm) -> str:
         archive = f"{dependency['name']}-{dependency['version']}.tgz"
         if (charts_dir / archive).exists():
             continue
-        cached = next((d / archive for d in chart_cache_dirs() if (d / archive).exists()), None)
+        # HUBPLOY_CHART_CACHE: folders of chart archives (`<name>-<version>.tgz`) to use instead of downloading
+        cached = next((d / archive for d in current().chart_cache if (d / archive).exists()), None)
         if cached is None:
             missing.append(archive)
         else:

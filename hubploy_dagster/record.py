@@ -218,12 +218,6 @@ class DeployRecord:
                 return int(fact.revision)
         return None
 
-    def latest_release(self, hub: str, env: str) -> Release | None:
-        event = self.instance.get_latest_materialization_event(release_key(hub, env))
-        if event is None or event.asset_materialization is None:
-            return None
-        return Release.of({k: v.value for k, v in event.asset_materialization.metadata.items()})
-
     def release_before(self, hub: str, env: str, storage_id: int) -> dg.EventLogRecord | None:
         """The newest release materialization stored before `storage_id` (what a healthy mark was about)."""
         records = self.instance.fetch_materializations(

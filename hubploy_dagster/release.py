@@ -1,12 +1,10 @@
 """`hubploy deploy <hub> <chart> <env>` at one commit: the code the release assets and the CLI both run.
 
-Order of work, so that bad input fails before the cluster is touched: with `check_registry` (the Dagster
-release assets always; `hubploy deploy --check-registry` on request) the images must be in the registry (a
-deploy never builds: prod in particular only ever runs what the first environment built); the chart and
-values are read at the pinned commit, secrets are decrypted into a private folder, `helm template` checks
-the values against the chart's schema, and only then are the namespace and the release changed. Without
-`check_registry` a deploy talks to the cluster only, as hubploy's `deploy` does (CI runners that hold
-cluster credentials but no registry access).
+Bad input fails before the cluster is touched: with `check_registry` (the Dagster release assets always, the CLI
+on request) the images must be in the registry (a deploy never builds: prod only runs what the first environment
+built); chart and values are read at the pinned commit, secrets decrypted into a private folder, `helm template`
+checks the values against the chart's schema, and only then are the namespace and release changed. Without it a
+deploy talks to the cluster only, as hubploy's does (CI runners with cluster credentials but no registry access).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hubploy_dagster.cloud import ClusterLogin
@@ -26,7 +23,7 @@ from hubploy_dagster.errors import ConfigError, ConfigProblem, HubployError
 from hubploy_dagster.helm import Helm, HelmError, ImageValue, UpgradeRequest, prepare_dependencies
 from hubploy_dagster.kube import ensure_namespace
 from hubploy_dagster.registry import RegistryClient
-from hubploy_dagster.repo import DeploymentRepo, extract_tar
+from hubploy_dagster.repo import extract_tar
 from hubploy_dagster.secrets import decrypted_files, private_dir, refuse_git_crypt
 from hubploy_dagster.session import HubSession
 from hubploy_dagster.settings import Settings, current
@@ -169,8 +166,9 @@ def refuse_untagged_images(session: HubSession) -> None:
         )
 
 
-def hub_images(repo: DeploymentRepo, deployment: Deployment, hub: Hub) -> list[ImageValue]:
-    return [ImageValue(i.helm_substitution_path, i.name, tag) for i, _, tag in hub_image_tags(repo, deployment, hub)]
+def hub_images(session: HubSession) -> list[ImageValue]:
+    tags = hub_image_tags(session.repo, session.deployment, session.hub)
+    return [ImageValue(image.helm_substitution_path, image.name, tag) for image, _, tag in tags]
 
 
 def missing_images(session: HubSession, images: list[ImageValue]) -> list[str]:
@@ -178,20 +176,6 @@ def missing_images(session: HubSession, images: list[ImageValue]) -> list[str]:
     with session.registry() as login:
         registry = RegistryClient(login.credentials)
         return [f"{i.name}:{i.tag}" for i in images if not registry.exists(i.name, i.tag)]
-
-
-def require_images_in_registry(session: HubSession, images: list[ImageValue]) -> None:
-    if missing := missing_images(session, images):
-        raise ImageMissingError(
-            f"{', '.join(missing)} not in the registry: the {session.env} release of {session.hub.name} at "
-            f"{session.sha[:7]} "
-            "needs it, and deploys never build (materialize the hub's image first; prod only runs what staging built)"
-        )
-
-
-def extract_folder(repo: DeploymentRepo, sha: str, folder: str, target: Path) -> Path:
-    extract_tar(repo.archive(sha, folder), target)
-    return target
 
 
 def require_chart(deployment: Deployment, hub: Hub, chart_path: str | None = None) -> None:
@@ -238,7 +222,8 @@ def prepared_release(
     refuse_git_crypt(plain)
     with ExitStack() as stack:
         workdir = stack.enter_context(private_dir("hubploy-deploy-"))
-        chart = extract_folder(session.repo, deployment.sha, chart_path, workdir / "chart")
+        chart = workdir / "chart"
+        extract_tar(session.repo.archive(deployment.sha, chart_path), chart)
         secret_paths = stack.enter_context(decrypted_files(secret, session.sops, masker, hub.config.secrets.encryption))
         if with_cluster:
             cluster = stack.enter_context(session.cluster(namespace))
@@ -278,7 +263,7 @@ def render_hub(session: HubSession) -> str:
 
     The rendered manifests contain secret values: callers mask them before showing anything.
     """
-    images = hub_images(session.repo, session.deployment, session.hub)
+    images = hub_images(session)
     with prepared_release(session, DeployOptions(), images, with_cluster=False) as prepared:
         purpose = (
             f"helm template of {session.hub.name} ({session.env}) at {session.sha[:7]} with chart {prepared.chart_path}"
@@ -291,9 +276,12 @@ def deploy_hub(session: HubSession, options: DeployOptions) -> ReleaseResult:
     refuse_untagged_images(session)
     hub, env, sha, log = session.hub, session.env, session.sha, session.log
     started = time.monotonic()
-    images = hub_images(session.repo, session.deployment, hub)
-    if options.check_registry:
-        require_images_in_registry(session, images)
+    images = hub_images(session)
+    if options.check_registry and (missing := missing_images(session, images)):
+        raise ImageMissingError(
+            f"{', '.join(missing)} not in the registry: the {env} release of {hub.name} at {sha[:7]} needs it, and "
+            "deploys never build (materialize the hub's image first; prod only runs what staging built)"
+        )
     with prepared_release(session, options, images) as prepared:
         request, helm, login = prepared.request, prepared.helm, prepared.login
         log(f"checking the values of {request.release} against chart {prepared.chart_path} (helm template)")
