@@ -433,6 +433,7 @@ class RunRecord:
     sha: str
     success: bool
     seconds: float
+    cpu_seconds: float = 0.0  # this process's CPU during the run (its steps; not helm, git or the engine)
     built: bool = False
     released: bool = False
     error: str = ""
@@ -452,6 +453,7 @@ class Replayer:
         self.run_keys: set[str] = set()
         self.runs: list[RunRecord] = []
         self.ticks = self.reloads = self.repeated_keys = 0
+        self.tick_cpu_seconds = 0.0
         self.reload()
 
     def reload(self) -> None:
@@ -465,8 +467,10 @@ class Replayer:
         import dagster as dg
 
         self.ticks += 1
+        cpu = time.process_time()
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs)
         result = self.sensor(context)
+        self.tick_cpu_seconds += time.process_time() - cpu
         if isinstance(result, dg.SkipReason):
             return []
         self.cursor = result.cursor
@@ -480,7 +484,7 @@ class Replayer:
         return requests
 
     def execute(self, request: Any) -> RunRecord:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = self.job.execute_in_process(
             run_config=QUIET_LOGS,
             instance=self.instance,
@@ -488,7 +492,8 @@ class Replayer:
             tags=request.tags,
             raise_on_error=False,
         )
-        record = RunRecord(request.tags["hub"], request.tags["env"], request.tags["git_sha"], result.success, 0.0)
+        cpu = time.process_time() - cpu
+        record = RunRecord(request.tags["hub"], request.tags["env"], request.tags["git_sha"], result.success, 0.0, cpu)
         for event in result.get_asset_materialization_events():
             materialization = event.materialization
             if materialization.asset_key.path[-1] == "image":
@@ -533,7 +538,12 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "machine": machine(dagster=version("dagster")),
-        "parameters": {"hubs": args.hubs, "commits": args.commits, "seed": args.seed},
+        "parameters": {
+            "hubs": args.hubs,
+            "commits": args.commits,
+            "seed": args.seed,
+            "worker_load_seconds": args.worker_load_seconds,
+        },
     }
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="replay-", dir=args.workdir))
@@ -598,11 +608,16 @@ def run_replay(repo: Path, pushes: list[Push], instance: Any) -> dict[str, Any]:
         )
     assert replayer is not None
     runs = replayer.runs
+    released = sum(r.released for r in runs)
+    run_cpu = sum(r.cpu_seconds for r in runs)
     return {
         "runs": len(runs),
         "runs_by_env": {env: sum(r.env == env for r in runs) for env in BRANCHES},
         "built": sum(r.built for r in runs),
-        "released": sum(r.released for r in runs),
+        "released": released,
+        "run_cpu_seconds_median": round(statistics.median(r.cpu_seconds for r in runs), 3) if runs else 0,
+        "tick_cpu_seconds": round(replayer.tick_cpu_seconds, 2),
+        "orchestrator_cpu_per_release_s": round((run_cpu + replayer.tick_cpu_seconds) / released, 3) if released else 0,
         "run_seconds_median": round(statistics.median(r.seconds for r in runs), 2) if runs else 0,
         "ticks": replayer.ticks,
         "reloads": replayer.reloads - 1,
@@ -670,6 +685,10 @@ def render(report: dict[str, Any]) -> tuple[str, bool]:
         f"{replayed['runs_by_env']['prod']}), {replayed['ticks']} sensor ticks, {replayed['reloads']} reloads, "
         f"{replayed['repeated_run_keys_skipped']} repeated run keys skipped; median run {replayed['run_seconds_median']} s; "
         f"{replayed['wall_s']} s in all",
+        f"orchestrator CPU in this process (sensor ticks and the runs' steps; helm, git and sops are child processes, "
+        f"builds run in the engine): {replayed['orchestrator_cpu_per_release_s']} s per deployed release "
+        f"(median run {replayed['run_cpu_seconds_median']} s, ticks {replayed['tick_cpu_seconds']} s in all)"
+        + extrapolation(report),
         f"done, cross-checked: registry tags {done['builds']} vs image materializations built {replayed['built']}; "
         f"helm revisions {done['helm_upgrades']} {done['helm_upgrades_by_env']} vs release materializations "
         f"{replayed['released']}: {'agree' if consistent else 'DISAGREE'}",
@@ -688,6 +707,16 @@ def render(report: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+def extrapolation(report: dict[str, Any]) -> str:
+    """Runs here execute in this process; a deployed run worker first loads the code location (run_worker_load.py)."""
+    worker = report["parameters"].get("worker_load_seconds")
+    if worker is None:
+        return ""
+    replayed = report["replay"]
+    per_release = replayed["orchestrator_cpu_per_release_s"] + worker * replayed["runs"] / replayed["released"]
+    return f"; with a run worker's load of {worker} s per run: {per_release:.2f} s per deployed release"
+
+
 def exit_on_sigterm() -> None:
     """SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the services and dagster dev started are stopped."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -700,6 +729,11 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument(
+        "--worker-load-seconds",
+        type=float,
+        help="a run worker's CPU before its first step (run_worker_load.py at the hub count to extrapolate to)",
+    )
     parser.add_argument("--json", action="store_true", help="print every figure as JSON after the table")
     args = parser.parse_args()
     report = replay(args)
