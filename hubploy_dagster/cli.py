@@ -8,6 +8,7 @@ instance (`history`, and `deploy` when it records), so the others start without 
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -231,7 +232,8 @@ def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str
     hub's image tags are in its registry (what the Dagster release assets always do).
 
     hubploy's deploy exactly: no health checks, no promotion gate. When DAGSTER_HOME is set, the deploy is also
-    recorded in that Dagster instance as a materialization of the hub's release marked `launched_by: cli` (it
+    recorded in that Dagster instance as a materialization of the hub's release marked `launched_by: cli` and
+    `deployed_by` (HUBPLOY_ACTOR, else the login name) (it
     runs here, not in a Dagster run), so `hubploy history` and the UI list it beside the sensor's deploys.
     """
     repeated = {key: list(helm_flags.pop(key)) for key in ("set_values", "set_string_values")}
@@ -252,10 +254,11 @@ def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str
         from hubploy_dagster.history import open_instance
         from hubploy_dagster.record import DeployRecord
 
+        actor = settings.actor or getpass.getuser()
         DeployRecord(open_instance()).record_cli_deploy(
-            deployment_repo, session.deployment, session.hub, result, options
+            deployment_repo, session.deployment, session.hub, result, options, actor
         )
-        log(f"recorded in the Dagster instance at {settings.dagster_home}")
+        log(f"recorded in the Dagster instance at {settings.dagster_home} as deployed by {actor}")
     click.echo(f"{result.release}\t{result.namespace}\trevision {result.revision}\t{result.status}")
 
 

@@ -57,6 +57,7 @@ class Entry:
     git_sha: str
     run_id: str
     launched_by: str  # sensor | cli | ui | other | unknown (the run was deleted)
+    deployed_by: str = ""  # who ran a CLI deploy; UI launches are named in the front door's access log
     image_tag: str = ""
     helm_revision: int | None = None
     checks_passed: list[str] = field(default_factory=list)
@@ -194,12 +195,14 @@ def _entry(
     assert record.asset_key is not None
     values = values_of(record)
     outcomes = checks.get((record.run_id, record.asset_key), {})
+    release = Release.of(values)
     common = {
         "timestamp": record.timestamp,
         "hub": record.asset_key.path[0],
         "env": record.asset_key.path[1],
         "run_id": record.run_id,
-        "launched_by": launched_by(run, Release.of(values)),
+        "launched_by": launched_by(run, release),
+        "deployed_by": release.deployed_by or "",
         "checks_passed": [name for name, passed in outcomes.items() if passed],
         "checks_failed": [name for name, passed in outcomes.items() if not passed],
     }
@@ -217,7 +220,6 @@ def _entry(
         )
     if isinstance(fact, RefusedPromotion):
         return Entry(event=kind, git_sha=fact.git_sha or run_sha, detail=fact.reason, **common)
-    release = Release.of(values)
     details = [f"promoted from run {release.promoted_from_run}"] if release.promoted_from_run else []
     if release.promotion_override:
         details.append(f"promotion override: {release.promotion_override}")
@@ -275,7 +277,7 @@ def history_table(entries: list[Entry]) -> list[str]:
                 checks if e.checks_passed or e.checks_failed else "-",
                 "; ".join(e.rollbacks) or "-",
                 e.run_id[:8] or "-",
-                e.launched_by,
+                f"{e.launched_by} ({e.deployed_by})" if e.deployed_by else e.launched_by,
                 e.detail,
             )
         )

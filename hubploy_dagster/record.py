@@ -33,6 +33,7 @@ ROLLBACK = "rollback"
 PROMOTION = "promotion"
 SUPERSEDED_BY = "superseded_by"
 LAUNCHED_BY = "launched_by"  # on CLI deploys, which have no run to carry tags
+DEPLOYED_BY = "deployed_by"  # who ran a CLI deploy (HUBPLOY_ACTOR, else the login name)
 PROMOTION_OVERRIDE = "promotion_override"
 PROMOTED_FROM_RUN = "promoted_from_run"
 ROLLBACK_CAUSES = ("failed_checks", "failed_upgrade")  # the keys of a rollback's cause
@@ -50,6 +51,7 @@ class Release:
     fingerprint: str | None
     image: str = ""
     launched_by: str | None = None
+    deployed_by: str | None = None
     promoted_from_run: str | None = None
     promotion_override: str | None = None
 
@@ -67,6 +69,7 @@ class Release:
             fingerprint=text(FINGERPRINT),
             image=str(values.get("image", "")),
             launched_by=text(LAUNCHED_BY),
+            deployed_by=text(DEPLOYED_BY),
             promoted_from_run=text(PROMOTED_FROM_RUN),
             promotion_override=text(PROMOTION_OVERRIDE),
         )
@@ -237,9 +240,15 @@ class DeployRecord:
         return found
 
     def record_cli_deploy(
-        self, repo: DeploymentRepo, deployment: Deployment, hub: Hub, result: ReleaseResult, options: DeployOptions
+        self,
+        repo: DeploymentRepo,
+        deployment: Deployment,
+        hub: Hub,
+        result: ReleaseResult,
+        options: DeployOptions,
+        actor: str,
     ) -> None:
-        """Enter a `hubploy deploy` as a materialization of the hub's release, marked as the CLI's.
+        """Enter a `hubploy deploy` as a materialization of the hub's release, marked as the CLI's and `actor`'s.
 
         No checks ran, so it never counts for the promotion gate. The configuration fingerprint (what the
         sensor compares to skip a redeploy) is recorded only when nothing but the commit shaped the release:
@@ -249,7 +258,7 @@ class DeployRecord:
         fingerprint = (
             deployment.fingerprint(hub) if as_committed and options.chart in (None, hub.config.chart) else None
         )
-        metadata = release_record_metadata(result, repo, None, fingerprint, **{LAUNCHED_BY: "cli"})
+        metadata = release_record_metadata(result, repo, None, fingerprint, **{LAUNCHED_BY: "cli", DEPLOYED_BY: actor})
         self.instance.report_runless_asset_event(
             dg.AssetMaterialization(asset_key=release_key(result.hub, result.env), metadata=metadata)
         )

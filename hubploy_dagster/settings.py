@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     docker_host: str | None = _variable(
         "DOCKER_HOST", "the Docker engine images are built with", shown_default=f"`{DEFAULT_DOCKER_HOST}`"
     )
+    actor: str | None = _variable(
+        "HUBPLOY_ACTOR",
+        "who runs `hubploy deploy`, recorded with the deploy (in CI, e.g. `$GITHUB_ACTOR`)",
+        shown_default="the login name",
+    )
     ci: bool = _variable(
         "CI",
         "set (any value) by CI systems: `--dry-run` and `--helm-debug`, which print secrets, are refused",

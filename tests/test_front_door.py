@@ -9,6 +9,7 @@ who did what.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from services.cluster import tool
 from services.dagster_dev import LOCATION
 from services.dagster_split import SplitDagster, SplitLauncher
-from services.front_door import FrontDoor, front_door
-from services.repos import CHART_FILES, RepoBuilder, hub_files
+from services.front_door import FRONT_DOOR, TEMPLATE_VARIABLE, FrontDoor, front_door
+from services.repos import CHART_FILES, PROJECT_ROOT, RepoBuilder, hub_files
 
 LAUNCH_RUN = """
 mutation Launch($params: ExecutionParams!) {
@@ -99,3 +102,94 @@ def test_an_operator_launches_and_the_access_log_names_them(guarded: tuple[Split
     assert [run["runId"] for run in dagster.webserver.runs()] == [run_id]
     launches = [line for line in door.access_log_lines() if "user=operator " in line and "POST /graphql" in line]
     assert launches and all("webserver=hubploy_operators" in line and '" 200 ' in line for line in launches)
+
+
+# -- the shipped configurations: only the front door listens beyond loopback or the pod network ------------------
+
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def template_variables() -> set[str]:
+    return set(TEMPLATE_VARIABLE.findall((FRONT_DOOR / "hubploy.conf.template").read_text()))
+
+
+def option(command: list[str], *names: str) -> str:
+    """The value after the first of `names` in a command line (`--name value` or `--name=value`)."""
+    for index, arg in enumerate(command):
+        for name in names:
+            if arg == name:
+                return command[index + 1]
+            if arg.startswith(f"{name}="):
+                return arg.split("=", 1)[1]
+    raise AssertionError(f"none of {names} in {command}")
+
+
+def test_docker_host_publishes_only_the_front_door():
+    compose = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert all(s["network_mode"] == "host" and "ports" not in s for s in services.values()), "host network only"
+    code, webserver, read_only = services["code"], services["webserver"], services["webserver-read-only"]
+    assert option(code["command"], "--host") == "127.0.0.1"
+    workspace = yaml.safe_load((DEPLOY / "docker" / "workspace.yaml").read_text())["load_from"][0]["grpc_server"]
+    assert (workspace["host"], str(workspace["port"])) == ("127.0.0.1", option(code["command"], "--port"))
+    listening = {
+        name: f"{option(service['command'], '-h')}:{option(service['command'], '-p')}"
+        for name, service in services.items()
+        if service.get("command", [""])[0] == "dagster-webserver"
+    }
+    assert all(address.startswith("127.0.0.1:") for address in listening.values()), listening
+    assert "--read-only" in read_only["command"] and "--read-only" not in webserver["command"]
+    assert option(services["oauth2-proxy"]["command"], "--http-address").startswith("127.0.0.1:")
+
+    door = services["front-door"]["environment"]
+    assert set(door) == template_variables(), "the front door sets exactly the template's variables"
+    assert door["HUBPLOY_WEBSERVER"] == listening["webserver"]
+    assert door["HUBPLOY_WEBSERVER_READ_ONLY"] == listening["webserver-read-only"]
+    assert door["HUBPLOY_OAUTH2_PROXY"] == option(services["oauth2-proxy"]["command"], "--http-address")
+    mounts = services["front-door"]["volumes"]
+    assert "/dev/null:/etc/nginx/conf.d/default.conf:ro" in mounts, "the image's default site stays off"
+
+
+def test_kubernetes_reaches_the_webservers_only_through_the_front_door(k8s_cluster):
+    values = yaml.safe_load((DEPLOY / "kubernetes" / "values.yaml").read_text())
+    assert values["dagsterWebserver"]["enableReadOnly"] is True
+    assert values["dagsterWebserver"]["service"]["type"] == "ClusterIP" and values["ingress"]["enabled"] is False
+    env = k8s_cluster.kubectl_env()
+    kubectl = tool("kubectl")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(FRONT_DOOR)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(rendered)}
+
+    assert all(o["spec"]["type"] == "ClusterIP" for (kind, _), o in objects.items() if kind == "Service")
+    ingress = objects["Ingress", "hubploy"]
+    backends = {p["backend"]["service"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    assert backends == {"hubploy-front-door"} and [k for k, _ in objects].count("Ingress") == 1
+    (nginx,) = objects["Deployment", "hubploy-front-door"]["spec"]["template"]["spec"]["containers"]
+    door = {e["name"]: e["value"] for e in nginx["env"]}
+    assert set(door) == template_variables()
+    # the Services of Dagster's chart for release `dagster` (helm/dagster/templates/helpers/_helpers.tpl)
+    port = values["dagsterWebserver"]["service"]["port"]
+    assert (door["HUBPLOY_WEBSERVER"], door["HUBPLOY_WEBSERVER_READ_ONLY"]) == (
+        f"dagster-webserver:{port}",
+        f"dagster-webserver-read-only:{port}",
+    )
+    policy = objects["NetworkPolicy", "hubploy-webservers"]["spec"]
+    selected = {tuple(e["values"]) for e in policy["podSelector"]["matchExpressions"] if e["key"] == "component"}
+    assert selected == {("dagster-webserver", "dagster-webserver-read-only")}
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": nginx_labels(objects)}}]}]
+
+    namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: hubploy-front-door}\n"
+    subprocess.run([kubectl, "apply", "-f", "-"], input=namespace, env=env, check=True, capture_output=True, text=True)
+    applied = subprocess.run(
+        [kubectl, "apply", "-n", "hubploy-front-door", "--server-side", "-f", "-"],
+        input=rendered,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert applied.returncode == 0, applied.stderr
+
+
+def nginx_labels(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    return objects["Deployment", "hubploy-front-door"]["spec"]["template"]["metadata"]["labels"]

@@ -126,12 +126,15 @@ def test_cli_deploy_is_recorded_as_launched_by_the_cli(audited: Lab):
     lab = audited
     lab.push_current_image()
     args = ["deploy", "lab", "chart", "staging", "--repo", str(lab.builder.path)]
-    result = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)}).invoke(main, args)
+    env = {"SOPS_AGE_KEY_FILE": str(lab.age_key), "HUBPLOY_ACTOR": "ci-bot (alice)"}
+    result = CliRunner(env=env).invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.stdout == f"lab-staging\t{lab.namespace}\trevision 1\tdeployed\n"
     [row] = history_json("lab")
     sha = lab.builder.repo.head.commit.hexsha
     assert row["launched_by"] == "cli" and row["run_id"] == "" and row["event"] == "release"
+    assert row["deployed_by"] == "ci-bot (alice)", "who ran the deploy is recorded"
+    assert "cli (ci-bot (alice))" in history("lab")[1].splitlines()[1]
     assert (row["git_sha"], row["author"], row["helm_revision"]) == (sha, AUTHOR, 1)
     assert row["checks_passed"] == [] and row["checks_failed"] == []
     [event] = lab.instance.fetch_materializations(dg.AssetKey(["lab", "staging"]), limit=1).records
