@@ -31,13 +31,13 @@ from sensors.git_sensor import build_git_sensor
 from sensors.notify import build_failure_sensor
 
 
-def hubs_on_branches(repo: DeploymentRepo, branches: list[str]) -> list[Hub]:
+def hubs_on_branches(repo: DeploymentRepo, branches: list[str], only: set[str] | None = None) -> list[Hub]:
     """Every valid hub found at the head of any branch (the first branch's config wins for a name)."""
     heads = repo.heads(list(branches))
     revs = [heads[b] for b in branches if b in heads] or ["HEAD"]
     hubs: dict[str, Hub] = {}
     for rev in revs:
-        for name, hub in load_deployment(repo.snapshot(rev)).hubs.items():
+        for name, hub in load_deployment(repo.snapshot(rev), only).hubs.items():
             hubs.setdefault(name, hub)
     return [hubs[name] for name in sorted(hubs)]
 
@@ -50,7 +50,7 @@ def build_definitions(
     settings = settings or current()
     repo = DeploymentRepo(source)
     chain = repository_chain(repo, settings.branches)
-    hubs = hubs_on_branches(repo, list(chain.branches.values()))
+    hubs = hubs_on_branches(repo, list(chain.branches.values()), only_hubs)
     groups: dict[str, str] = {}
     for hub in hubs:
         other = groups.setdefault(group_name(hub.name), hub.name)
@@ -58,7 +58,7 @@ def build_definitions(
             raise ConfigError.single(hub.config_path, "", f"hubs {other!r} and {hub.name!r} map to one group name")
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
     checks: list[dg.AssetChecksDefinition] = []
-    for hub in hubs if only_hubs is None else [hub for hub in hubs if hub.name in only_hubs]:
+    for hub in hubs:
         hub_asset_list, hub_checks = hub_assets(hub, chain)
         assets += hub_asset_list
         checks += hub_checks

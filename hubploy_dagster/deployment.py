@@ -126,12 +126,13 @@ class Deployment:
         return digest.hexdigest()
 
 
-def load_deployment(snapshot: Snapshot) -> Deployment:
+def load_deployment(snapshot: Snapshot, only: set[str] | None = None) -> Deployment:
+    """The hubs at the snapshot (with `only`, those hubs alone: a run worker reads no other hub's config)."""
     deployment = Deployment(snapshot)
     roots_of: dict[str, list[str]] = {}
     for root in HUB_ROOTS:
         for entry in snapshot.list_dir(root):
-            if entry.type == "tree":
+            if entry.type == "tree" and (only is None or entry.name in only):
                 roots_of.setdefault(entry.name, []).append(root)
     for name, roots in sorted(roots_of.items()):
         if len(roots) > 1:
