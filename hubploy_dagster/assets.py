@@ -19,7 +19,7 @@ from hubploy_dagster.cloud import registry_login
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import group_name, hub_pool, image_key, release_key
-from hubploy_dagster.policy import promotion, roll_back
+from hubploy_dagster.policy import deploy_window, promotion, roll_back
 from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, UpgradeFailedError, deploy_hub
@@ -29,6 +29,7 @@ from hubploy_dagster.resources import (
     DockerEngineResource,
     SopsResource,
 )
+from hubploy_dagster.rollout import hub_rollout
 from hubploy_dagster.secrets import Masker
 from hubploy_dagster.session import HubSession
 from hubploy_dagster.superseded import superseding_run
@@ -179,6 +180,9 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
             return
         if gate.overridden:
             context.log.warning(f"promoting to {env} although {gate.overridden}: overridden by run tag ({override})")
+        window = deploy_window(context, hub_rollout(chain, session.hub, env), hub.name, env, sha)
+        if window is None:
+            return
         try:
             result = deploy_hub(session, DeployOptions(check_registry=True))
         except UpgradeFailedError:
@@ -187,7 +191,7 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
                 cause = {"failed_upgrade": f"helm upgrade of {session.release}"}
                 yield observation(hub.name, env, roll_back(record, session, None, cause, context.log))
             raise
-        metadata = release_record_metadata(result, repo, context.run.run_id, fingerprint, **gate.metadata)
+        metadata = release_record_metadata(result, repo, context.run.run_id, fingerprint, **gate.metadata, **window)
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))
 
     return _release

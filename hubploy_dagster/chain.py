@@ -8,6 +8,8 @@ hubploy's model is a `staging` and a `prod` branch, prod promoted from staging; 
       - name: staging          # every later one promotes what was healthy in the one before it
         branch: main           # the branch it follows (default: its name)
       - name: prod
+        rollout:               # when its releases may change, for every hub (hubploy_dagster/rollout.py)
+          deny: [{cron: "0 8 * * 1-5", duration: 10h, timezone: Europe/Berlin}]
 
 Without the file the chain is today's `staging -> prod`, following the first and last branch of
 HUBPLOY_BRANCHES. A chain of one environment deploys without a promotion gate.
@@ -17,11 +19,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hubploy_dagster.config import parse_yaml, problem_from_pydantic
+from hubploy_dagster.config import RolloutSettings, parse_yaml, problem_from_pydantic
 from hubploy_dagster.errors import ConfigError, GitError, HubployError
 from hubploy_dagster.repo import DeploymentRepo, Snapshot
 
@@ -36,6 +38,7 @@ class _EnvironmentEntry(BaseModel):
 
     name: str = Field(description="Lowercase letters, digits and dashes: it names releases and namespaces")
     branch: str | None = Field(None, description="The branch this environment follows (default: its name)")
+    rollout: RolloutSettings | None = Field(None, description="Every hub's rollout settings here (a hub's win)")
 
     @field_validator("name")
     @classmethod
@@ -74,6 +77,7 @@ class Chain:
 
     branches: dict[str, str]  # environment -> branch, in order
     source: str = "the default chain"
+    rollout: dict[str, RolloutSettings] = field(default_factory=dict)  # environment -> the repository's defaults
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -115,7 +119,8 @@ def load_chain(snapshot: Snapshot, branches: Sequence[str] = DEFAULT_ENVIRONMENT
         parsed = _ChainFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError([problem_from_pydantic(file, error) for error in exc.errors()]) from None
-    return Chain({entry.name: entry.branch or entry.name for entry in parsed.environments}, file)
+    rollout = {entry.name: entry.rollout for entry in parsed.environments if entry.rollout is not None}
+    return Chain({entry.name: entry.branch or entry.name for entry in parsed.environments}, file, rollout)
 
 
 def repository_chain(repo: DeploymentRepo, branches: Sequence[str] = DEFAULT_ENVIRONMENTS) -> Chain:

@@ -8,9 +8,12 @@ into `ConfigProblem`s naming the file and the dotted key.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hubploy_dagster.errors import ConfigError, ConfigProblem
@@ -19,6 +22,7 @@ DEFAULT_HELM_SUBSTITUTION_PATH = "jupyterhub.singleuser.image"
 DEFAULT_IMAGE_PATH = "image"
 DEFAULT_CHART = "hub"
 ENVIRONMENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 PYDANTIC_REASONS = {"extra_forbidden": "unknown key", "missing": "required key is missing"}
 
 
@@ -179,6 +183,17 @@ class ClusterConfig(ProviderChoice):
     azure: AzureCluster | None = None
     kubeconfig: KubeconfigCluster | None = None
 
+    def identity(self) -> str:
+        """The cluster this block names, for per-cluster deploy limits (hubs naming the same share them)."""
+        block = getattr(self, self.provider)
+        parts = {
+            "gcloud": ("project", "zone", "cluster"),
+            "aws": ("account_id", "region", "cluster"),
+            "azure": ("resource_group", "cluster"),
+            "kubeconfig": ("context",) if self.kubeconfig and self.kubeconfig.context else ("filename",),
+        }[self.provider]
+        return f"{self.provider}:" + "/".join(str(getattr(block, part)) for part in parts)
+
 
 # --- our optional additions ---------------------------------------------------------------------------------
 
@@ -197,6 +212,71 @@ class EnvironmentSettings(Strict):
     namespace: NonEmpty | None = Field(None, description="Default: <hub>-<env>")
     release: NonEmpty | None = Field(None, description="Default: <hub>-<env>")
     url: NonEmpty | None = Field(None, description="The hub's public URL, used by the API health checks")
+    rollout: RolloutSettings | None = Field(None, description="Over the repository's (hubploy-environments.yaml)")
+
+
+def parse_duration(value: str) -> timedelta:
+    """`2h`, `30m`, `1d12h`, `90s`: the durations of rollout settings."""
+    match = DURATION.match(value.strip())
+    if not value.strip() or not match:
+        raise ValueError(f"{value!r} is not a duration like 30m, 2h, 1d12h or 90s")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _cron(value: str) -> str:
+    if not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday, e.g. `0 8 * * 1-5`)")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a time zone name (e.g. Europe/Berlin, America/Los_Angeles)") from None
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class DeployWindow(Strict):
+    """A recurring window: it opens at every time `cron` names, in `timezone`, and stays open `duration`."""
+
+    cron: Annotated[str, AfterValidator(_cron)] = Field(description="When it opens, e.g. `0 8 * * 1-5`")
+    duration: Duration = Field(description="How long it stays open, e.g. `10h`")
+    timezone: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+
+
+class IdleWait(Strict):
+    """Before the upgrade, wait until at most `max_active_servers` user servers run (the hub's REST API)."""
+
+    max_active_servers: int = Field(0, ge=0)
+    max_wait: Duration = Field("2h", description="How long to wait at most")
+    then: Literal["deploy", "give-up"] = Field("give-up", description="After max_wait: deploy anyway, or fail")
+    poll: Duration = Field("30s", description="How often to ask the hub")
+
+
+class RolloutSettings(Strict):
+    """When an environment's release may change (every key optional; a hub's keys override the repository's)."""
+
+    allow: list[DeployWindow] | None = Field(None, description="Deploy only inside one of these windows")
+    deny: list[DeployWindow] | None = Field(None, description="Never deploy inside these windows (they win)")
+    wait_for_idle: IdleWait | None = None
+    soak: Duration | None = Field(None, description="Healthy this long here before the next environment promotes")
+    wave: int | None = Field(None, ge=0, description="Canary wave: hubs of wave n deploy after every hub of n-1")
+
+    def over(self, defaults: RolloutSettings | None) -> RolloutSettings:
+        """These settings, with the keys not set here taken from `defaults`."""
+        if defaults is None:
+            return self
+        return defaults.model_copy(update={key: getattr(self, key) for key in self.model_fields_set})
 
 
 class CheckSettings(Strict):

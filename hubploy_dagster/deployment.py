@@ -59,6 +59,11 @@ class Hub:
         settings = self.config.environments.get(env)
         return settings.url if settings else None
 
+    @property
+    def cluster(self) -> str:
+        """The cluster the hub deploys to: its `cluster` block's, else the kubeconfig's current context."""
+        return self.config.cluster.identity() if self.config.cluster else "current-context"
+
     def values_candidates(self, env: str) -> list[ValuesFile]:
         """hubploy's order: common, env, decrypted env secrets, then the secrets-submodule copy."""
         return [

@@ -26,11 +26,10 @@ from hubploy_dagster import settings
 from hubploy_dagster.checks import CHECK_NAMES
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
-from hubploy_dagster.record import RefusedPromotion, Release, Rollback, fact_of, values_of
+from hubploy_dagster.record import Held, RefusedPromotion, Release, Rollback, fact_of, values_of
 from hubploy_dagster.repo import DeploymentRepo
-from hubploy_dagster.resources import TAG_GIT_SHA
+from hubploy_dagster.resources import TAG_GIT_SHA, TAG_SENSOR
 
-SENSOR_TAG = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
 FROM_UI_TAG = "dagster/from_ui"  # set by the Dagster UI on every run launched from it (launchpad, Materialize)
 CLOCK_SLACK_S = 60.0
 PAGE = 200
@@ -53,7 +52,7 @@ class Entry:
     timestamp: float
     hub: str
     env: str
-    event: str  # release | rollback | refused
+    event: str  # release | rollback | refused | held
     git_sha: str
     run_id: str
     launched_by: str  # sensor | cli | ui | other | unknown (the run was deleted)
@@ -139,9 +138,10 @@ def _newest(
 
 
 def _event_kind(record: dg.EventLogRecord) -> str:
-    """Which observations are audit entries: rollbacks and refused promotions (not healthy marks or retries)."""
+    """Which observations are audit entries: rollbacks, refused promotions and holds (not healthy marks or retries)."""
     fact = fact_of(values_of(record))
-    return "rollback" if isinstance(fact, Rollback) else "refused" if isinstance(fact, RefusedPromotion) else ""
+    kinds = {Rollback: "rollback", RefusedPromotion: "refused", Held: "held"}
+    return kinds.get(type(fact), "")
 
 
 def _check_results(
@@ -181,7 +181,7 @@ def launched_by(run: dg.DagsterRun | None, release: Release) -> str:
         return release.launched_by
     if run is None:
         return "unknown"
-    if SENSOR_TAG in run.tags:
+    if TAG_SENSOR in run.tags:
         return "sensor"
     return "ui" if run.tags.get(FROM_UI_TAG) == "true" else "other"
 
@@ -220,6 +220,11 @@ def _entry(
         )
     if isinstance(fact, RefusedPromotion):
         return Entry(event=kind, git_sha=fact.git_sha or run_sha, detail=fact.reason, **common)
+    if isinstance(fact, Held):
+        until = f" (until {fact.until})" if fact.until and fact.until not in fact.reason else ""
+        return Entry(
+            event=kind, git_sha=fact.git_sha or run_sha, detail=f"{fact.kind} hold: {fact.reason}{until}", **common
+        )
     details = [f"promoted from run {release.promoted_from_run}"] if release.promoted_from_run else []
     if release.promotion_override:
         details.append(f"promotion override: {release.promotion_override}")

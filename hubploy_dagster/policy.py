@@ -1,23 +1,44 @@
-"""The two decisions a deploy asks of its history: may this configuration be promoted, and where does a
-failed release roll back to.
+"""The decisions a deploy asks of its history: may this configuration be promoted, may the release change
+now (deploy windows), and where does a failed release roll back to.
 
 The promotion gate: past the first environment, a hub's configuration (compared by content, its
 fingerprint) deploys only once it was healthy in the environment before; a run tag overrides the gate, and
-the override is recorded with the release. Rollback returns to the newest healthy revision older than the
-failed one. The sensor, the release asset, the checks and the jobs all ask here.
+the override is recorded with the release. Outside its deploy windows a release does not change: the sensor
+asks for nothing until the hold ends, a run launched by hand is refused unless a run tag overrides it (recorded
+with the release), and a sensor's run that meets a hold it was requested before waits for it to end. Rollback
+returns to the newest healthy revision older than the failed one. The sensor, the release asset, the checks and
+the jobs all ask here.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
+from hubploy_dagster import rollout
+from hubploy_dagster.chain import Chain
+from hubploy_dagster.config import RolloutSettings
+from hubploy_dagster.deployment import Hub
 from hubploy_dagster.lineage import promoted_from
-from hubploy_dagster.record import PROMOTION_OVERRIDE, DeployRecord, RefusedPromotion, Rollback
+from hubploy_dagster.record import (
+    PROMOTION_OVERRIDE,
+    DeployRecord,
+    Held,
+    RefusedPromotion,
+    Rollback,
+    Superseded,
+    observation,
+)
+from hubploy_dagster.resources import TAG_SENSOR, TAG_WINDOW_OVERRIDE
 from hubploy_dagster.rollback import helm_rollback
 from hubploy_dagster.session import HubSession
+from hubploy_dagster.superseded import newer_request
+
+WINDOW_OVERRIDE = "window_override"
+HOLD_POLL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,48 @@ def awaiting_promotion(
     if before is None:
         return []
     return [hub for hub in hubs if record.healthy_mark(hub, before, fingerprints[hub]) is None]
+
+
+def held(hold: rollout.Hold, sha: str) -> Held:
+    return Held(hold.kind, hold.reason, rollout.utc_text(hold.until) if hold.until else "", sha)
+
+
+def window_holds(chain: Chain, env: str, hubs: dict[str, Hub]) -> dict[str, rollout.Hold]:
+    """The hubs (name -> Hub at the commit) whose deploy windows hold a deploy to `env` now."""
+    moment = rollout.now()
+    found = {name: rollout.window_hold(rollout.hub_rollout(chain, hub, env), moment) for name, hub in hubs.items()}
+    return {name: hold for name, hold in found.items() if hold is not None}
+
+
+def deploy_window(
+    context: dg.AssetExecutionContext, settings: RolloutSettings, hub: str, env: str, sha: str
+) -> dict[str, Any] | None:
+    """Whether the release may change now: the metadata to record with it, or None when it must not (recorded)."""
+    hold = rollout.window_hold(settings, rollout.now())
+    if hold is None:
+        return {}
+    override = context.run.tags.get(TAG_WINDOW_OVERRIDE)
+    if override:
+        context.log.warning(f"deploying {hub} to {env} although {hold.reason}: overridden by run tag ({override})")
+        return {WINDOW_OVERRIDE: override}
+    context.log_event(observation(hub, env, held(hold, sha)))
+    if TAG_SENSOR not in context.run.tags:
+        context.log.warning(f"not deploying {hub} to {env}: {hold.reason} (run tag {TAG_WINDOW_OVERRIDE} overrides)")
+        return None
+    said = ""
+    while hold is not None:
+        newer = newer_request(context.instance, context.run, hub, env)
+        if newer is not None:
+            context.log.warning(f"standing down: run {newer.run_id}, requested later, deploys {hub} to {env}")
+            context.log_event(observation(hub, env, Superseded(newer.run_id, sha)))
+            return None
+        if hold.reason != said:
+            context.log.info(f"waiting to deploy {hub} to {env}: {hold.reason}")
+            said = hold.reason
+        left = (hold.until - rollout.now()).total_seconds() if hold.until else HOLD_POLL_SECONDS
+        time.sleep(min(HOLD_POLL_SECONDS, max(1.0, left)))
+        hold = rollout.window_hold(settings, rollout.now())
+    return {}
 
 
 def roll_back(

@@ -32,6 +32,7 @@ HEALTHY = "healthy_revision"
 ROLLBACK = "rollback"
 PROMOTION = "promotion"
 SUPERSEDED_BY = "superseded_by"
+HELD = "held"
 LAUNCHED_BY = "launched_by"  # on CLI deploys, which have no run to carry tags
 DEPLOYED_BY = "deployed_by"  # who ran a CLI deploy (HUBPLOY_ACTOR, else the login name)
 PROMOTION_OVERRIDE = "promotion_override"
@@ -142,7 +143,20 @@ class Superseded:
         return {SUPERSEDED_BY: self.by_run, GIT_SHA: self.git_sha}
 
 
-Fact = Healthy | Rollback | RefusedPromotion | Superseded
+@dataclass(frozen=True)
+class Held:
+    """A deploy waits (`kind`: outside its deploy windows, soaking...): why, and when it should go ahead."""
+
+    kind: str
+    reason: str
+    until: str  # UTC, "" when not known
+    git_sha: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {HELD: self.kind, "reason": self.reason, "until": self.until, GIT_SHA: self.git_sha}
+
+
+Fact = Healthy | Rollback | RefusedPromotion | Superseded | Held
 
 
 def observation(hub: str, env: str, fact: Fact) -> dg.AssetObservation:
@@ -169,6 +183,10 @@ def fact_of(values: Mapping[str, Any]) -> Fact | None:
         return RefusedPromotion(str(values["reason"]), str(values.get(GIT_SHA, "")), str(values.get(FINGERPRINT, "")))
     if SUPERSEDED_BY in values:
         return Superseded(str(values[SUPERSEDED_BY]), str(values.get(GIT_SHA, "")))
+    if HELD in values:
+        return Held(
+            str(values[HELD]), str(values["reason"]), str(values.get("until", "")), str(values.get(GIT_SHA, ""))
+        )
     return None
 
 
@@ -207,6 +225,9 @@ class DeployRecord:
             if len(records) < PAGE:
                 return
             before = records[-1].storage_id
+
+    def latest_fact(self, hub: str, env: str) -> Fact | None:
+        return next((fact for _, fact in self.facts(hub, env)), None)
 
     def healthy_mark(self, hub: str, env: str, fingerprint: str) -> dg.EventLogRecord | None:
         """The newest record of this exact hub configuration being healthy in `env` (None: it never was)."""

@@ -22,6 +22,9 @@ TAG_ENV = "env"
 TAG_GIT_SHA = "git_sha"
 TAG_BRANCH = "branch"
 TAG_PROMOTION_OVERRIDE = "promotion_override"  # its value: who overrode the gate and why
+TAG_WINDOW_OVERRIDE = "window_override"  # its value: who deployed outside the deploy windows and why
+TAG_CLUSTER = "cluster"  # the hub's cluster (Hub.cluster): dagster.yaml limits deploys per cluster by it
+TAG_SENSOR = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
 
 
 class DeploymentRepoResource(dg.ConfigurableResource):

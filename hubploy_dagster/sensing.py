@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from hubploy_dagster.changes import change_set
+from hubploy_dagster.deployment import Hub
 from hubploy_dagster.errors import ConfigProblem
 from hubploy_dagster.repo import DeploymentRepo
 
@@ -38,6 +39,7 @@ class BranchMove:
     unknown: list[str] = field(default_factory=list)
     problems: list[ConfigProblem] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    hubs: dict[str, Hub] = field(default_factory=dict)  # every valid hub at `new`
 
 
 def branch_move(
@@ -52,7 +54,7 @@ def branch_move(
     """Which hubs the move of `branch` from `old` to `new` deploys to `env`."""
     changes = change_set(repo, old if old is not None and _known_commit(repo, old) else None, new)
     after = changes.after
-    move = BranchMove(env, branch, old, new, removed=changes.removed, problems=after.problems)
+    move = BranchMove(env, branch, old, new, removed=changes.removed, problems=after.problems, hubs=after.hubs)
     move.fingerprints = {name: after.fingerprint(hub) for name, hub in after.hubs.items()}
     for name in changes.changed:
         if deployed_fingerprint(name) == move.fingerprints[name]:

@@ -27,8 +27,11 @@ STILL_WANTED = [
 
 def superseding_run(instance: dg.DagsterInstance, run: dg.DagsterRun, hub: str, env: str) -> dg.DagsterRun | None:
     """The newer deploy of `hub` to `env` that makes this automatic retry pointless, if there is one."""
-    if RETRY_NUMBER_TAG not in run.tags:
-        return None
+    return newer_request(instance, run, hub, env) if RETRY_NUMBER_TAG in run.tags else None
+
+
+def newer_request(instance: dg.DagsterInstance, run: dg.DagsterRun, hub: str, env: str) -> dg.DagsterRun | None:
+    """A deploy of `hub` to `env` requested after `run` (not one of its retries), still wanted, if any."""
     root_id = run.root_run_id or run.run_id
     root = instance.get_run_record_by_id(root_id)
     if root is None:

@@ -18,10 +18,10 @@ from hubploy_dagster import settings
 from hubploy_dagster.chain import Chain
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
-from hubploy_dagster.policy import awaiting_promotion
-from hubploy_dagster.record import DeployRecord
+from hubploy_dagster.policy import awaiting_promotion, held, window_holds
+from hubploy_dagster.record import DeployRecord, observation
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
-from hubploy_dagster.resources import TAG_BRANCH, TAG_ENV, TAG_GIT_SHA, TAG_HUB
+from hubploy_dagster.resources import TAG_BRANCH, TAG_CLUSTER, TAG_ENV, TAG_GIT_SHA, TAG_HUB
 from hubploy_dagster.sensing import branch_move, reload_code_location
 
 LOCATION_NAME = "hubploy"
@@ -31,13 +31,13 @@ def run_key(hub: str, env: str, sha: str) -> str:
     return f"{hub}:{env}:{sha}"
 
 
-def deploy_request(hub: str, env: str, branch: str, sha: str, with_image: bool) -> dg.RunRequest:
+def deploy_request(hub: str, env: str, branch: str, sha: str, with_image: bool, cluster: str) -> dg.RunRequest:
     """The first environment builds the hub's image (when it has one) and deploys; later ones only deploy."""
     keys = [image_key(hub), release_key(hub, env)] if with_image else [release_key(hub, env)]
     return dg.RunRequest(
         run_key=run_key(hub, env, sha),
         asset_selection=keys,
-        tags={TAG_HUB: hub, TAG_ENV: env, TAG_GIT_SHA: sha, TAG_BRANCH: branch},
+        tags={TAG_HUB: hub, TAG_ENV: env, TAG_GIT_SHA: sha, TAG_BRANCH: branch, TAG_CLUSTER: cluster},
     )
 
 
@@ -92,15 +92,21 @@ def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> d
                 continue  # the cursor stays: this move is planned again once the new hubs have assets
             before = chain.before(env)
             waiting = awaiting_promotion(record, before, move.deploy, move.fingerprints)
+            holds = window_holds(chain, env, {hub: move.hubs[hub] for hub in move.deploy if hub not in waiting})
+            for hub, hold in holds.items():
+                context.log.info(f"{branch}@{new[:7]}: {hub} held: {hold.reason}")
+                if record.latest_fact(hub, env) != (fact := held(hold, new)):
+                    context.instance.report_runless_asset_event(observation(hub, env, fact))
             requests += [
-                deploy_request(hub, env, branch, new, with_image=before is None and hub in imaged)
+                deploy_request(hub, env, branch, new, before is None and hub in imaged, move.hubs[hub].cluster)
                 for hub in move.deploy
-                if hub not in waiting
+                if hub not in waiting and hub not in holds
             ]
-            if waiting:  # the cursor stays: planned again next tick; requests already made repeat no run (run keys)
+            if waiting:
                 context.log.info(
                     f"{branch}@{new[:7]}: waiting for {before} checks of {', '.join(waiting)} to promote them"
                 )
+            if waiting or holds:  # the cursor stays: planned again next tick; requests made repeat no run (run keys)
                 continue
             cursor[branch] = new
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))

@@ -41,7 +41,7 @@ def by_sensor(lab: Lab, env: str = "staging") -> dict[str, str]:
     sha = lab.builder.repo.head.commit.hexsha
     sensor = build_git_sensor(str(lab.builder.path), default_chain())
     return {
-        **deploy_request("lab", env, env, sha, with_image=env == "staging").tags,
+        **deploy_request("lab", env, env, sha, env == "staging", "current-context").tags,
         **dg.DagsterRun.tags_for_sensor(sensor),
     }
 

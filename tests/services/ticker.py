@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hubploy_dagster.chain import Chain
+from hubploy_dagster.chain import repository_chain
 from hubploy_dagster.definitions import build_definitions
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.keys import release_key
+from hubploy_dagster.repo import DeploymentRepo
 from sensors.git_sensor import build_git_sensor
 from services.repos import RepoBuilder
 
@@ -29,11 +30,12 @@ class Ticker:
         self.reload()
 
     def reload(self) -> None:
-        """What a code-location reload does: the asset graph is built from the repository again."""
+        """What a code-location reload does: the chain and the asset graph are read from the repository again."""
         self.defs = build_definitions(self.source)
+        self.chain = repository_chain(DeploymentRepo(self.source), tuple(BRANCHES.values()))
 
     def tick(self) -> tuple[list[tuple[str, str, str]], list[str]]:
-        sensor = build_git_sensor(self.source, Chain(BRANCHES))
+        sensor = build_git_sensor(self.source, self.chain)
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs)
         result = sensor(context)
         if isinstance(result, dg.SkipReason):

@@ -1,0 +1,179 @@
+"""Deploy windows (issue 18): a release changes only inside its allowed windows and never inside a freeze.
+
+Windows are judged by `hubploy_dagster.rollout.now`, replaced here by a test clock: nothing waits for a real
+window. The sensor on a real repository holds a deploy (visibly: a `held` fact on the release, recorded once)
+and deploys the newest commit when the hold ends; on the cluster, a run launched by hand inside a freeze is
+refused unless a run tag overrides it, and a sensor's run that meets a freeze waits for its end.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+import yaml
+from services.lab import Lab
+from services.repos import RepoBuilder, hub_files
+from services.ticker import Ticker, head
+
+from hubploy_dagster import policy, rollout
+from hubploy_dagster.config import RolloutSettings, load_hubploy_config
+from hubploy_dagster.errors import ConfigError
+from hubploy_dagster.record import DeployRecord, Held
+from hubploy_dagster.resources import TAG_CLUSTER, TAG_SENSOR
+from sensors.git_sensor import build_git_sensor
+
+# Monday to Friday from 08:00 to 18:00 in Berlin (CET, UTC+1 in winter): "no deploys during classes".
+CLASSES = {"cron": "0 8 * * 1-5", "duration": "10h", "timezone": "Europe/Berlin"}
+MONDAY_NOON = datetime(2026, 11, 30, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
+MONDAY_EVENING = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)  # 19:00 in Berlin
+SATURDAY_NOON = datetime(2026, 12, 5, 11, 0, tzinfo=UTC)
+
+
+def settings(**keys: object) -> RolloutSettings:
+    return RolloutSettings.model_validate(keys)
+
+
+@pytest.mark.parametrize(
+    ("moment", "held_until"),
+    [
+        (MONDAY_NOON, datetime(2026, 11, 30, 17, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 30, 7, 0, tzinfo=UTC), datetime(2026, 11, 30, 17, 0, tzinfo=UTC)),  # 08:00: opens
+        (datetime(2026, 11, 30, 16, 59, tzinfo=UTC), datetime(2026, 11, 30, 17, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 30, 17, 0, tzinfo=UTC), None),  # 18:00: closed again
+        (MONDAY_EVENING, None),
+        (SATURDAY_NOON, None),
+    ],
+)
+def test_a_deny_window_holds_while_it_is_open(moment: datetime, held_until: datetime | None):
+    hold = rollout.window_hold(settings(deny=[CLASSES]), moment)
+    assert (hold.until if hold else None) == held_until
+    if hold:
+        assert hold.kind == "window" and "until 2026-11-30 17:00 UTC" in hold.reason
+
+
+def test_allow_windows_hold_until_the_next_opens_and_deny_windows_win():
+    nights = {"cron": "0 22 * * *", "duration": "4h"}  # 22:00 to 02:00 UTC
+    hold = rollout.window_hold(settings(allow=[nights]), MONDAY_NOON)
+    assert hold is not None and hold.until == datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
+    assert "the next opens at 2026-11-30 22:00 UTC" in hold.reason
+    assert rollout.window_hold(settings(allow=[nights]), datetime(2026, 12, 1, 1, 30, tzinfo=UTC)) is None
+    finals = {"cron": "0 0 1 12 *", "duration": "14d"}  # a freeze over the first two weeks of December
+    frozen = rollout.window_hold(settings(allow=[nights], deny=[finals]), datetime(2026, 12, 1, 23, 0, tzinfo=UTC))
+    assert frozen is not None and frozen.until == datetime(2026, 12, 15, 0, 0, tzinfo=UTC)
+
+
+def test_a_hubs_keys_override_the_repositorys_and_bad_settings_name_their_key():
+    repository = settings(deny=[CLASSES], soak="30m")
+    assert settings(deny=[]).over(repository) == settings(deny=[], soak="30m")
+    assert settings().over(repository) == repository
+    bad = (
+        "chart: chart\nenvironments:\n  prod:\n    rollout:\n      deny: [{cron: 'at noon', duration: 2h}]\n"
+        "      allow: [{cron: '0 1 * * *', duration: 2 hours, timezone: Mars/Olympus}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_hubploy_config(bad, "hubs/a/hubploy.yaml")
+    problems = {problem.key: problem.reason for problem in caught.value.problems}
+    assert "not a cron expression" in problems["environments.prod.rollout.deny.0.cron"]
+    assert "not a duration" in problems["environments.prod.rollout.allow.0.duration"]
+    assert "not a time zone" in problems["environments.prod.rollout.allow.0.timezone"]
+
+
+def chain_file(staging_rollout: dict[str, object]) -> dict[str, str]:
+    environments = {"environments": [{"name": "staging", "rollout": staging_rollout}, {"name": "prod"}]}
+    return {"hubploy-environments.yaml": yaml.safe_dump(environments)}
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
+    now = [MONDAY_NOON]
+    monkeypatch.setattr(rollout, "now", lambda: now[0])
+    return now
+
+
+def held_facts(ticker: Ticker, hub: str, env: str = "staging") -> list[Held]:
+    return [fact for _, fact in DeployRecord(ticker.instance).facts(hub, env) if isinstance(fact, Held)]
+
+
+def test_the_sensor_holds_a_frozen_deploy_then_deploys_the_newest_commit_once(
+    two_hub_repo: RepoBuilder, clock: list[datetime]
+):
+    two_hub_repo.branch("prod")
+    frozen = two_hub_repo.commit("classes freeze", chain_file({"deny": [CLASSES]}))
+    ticker = Ticker(two_hub_repo)
+    assert ticker.tick()[0] == [], "nothing is deployed during classes"
+    assert ticker.cursor is None or head(two_hub_repo) not in ticker.cursor, "the move is planned again"
+    assert ticker.tick()[0] == []
+    [fact] = held_facts(ticker, "alpha")  # visible on the release, once however many ticks
+    assert (fact.kind, fact.until, fact.git_sha) == ("window", "2026-11-30 17:00 UTC", frozen)
+
+    newest = two_hub_repo.commit("alpha values", {"hubs/alpha/config/staging.yaml": "jupyterhub: {a: 1}\n"})
+    assert ticker.tick()[0] == []
+    assert held_facts(ticker, "alpha")[0].git_sha == newest, "the hold names the commit that waits"
+    clock[0] = MONDAY_EVENING
+    assert ticker.tick()[0] == [("alpha", "staging", newest), ("beta", "staging", newest)]
+    assert ticker.tick()[0] == [], "deployed once"
+
+
+def test_a_hub_without_the_freeze_deploys_while_the_others_wait(two_hub_repo: RepoBuilder, clock: list[datetime]):
+    two_hub_repo.branch("prod")
+    two_hub_repo.commit("classes freeze", chain_file({"deny": [CLASSES]}))
+    sha = two_hub_repo.commit(
+        "alpha has no classes",
+        hub_files("alpha", extra="environments:\n  staging:\n    rollout: {deny: []}\n"),
+    )
+    ticker = Ticker(two_hub_repo)
+    assert ticker.tick()[0] == [("alpha", "staging", sha)]
+    assert held_facts(ticker, "beta") and not held_facts(ticker, "alpha")
+
+
+def test_each_run_is_tagged_with_its_hubs_cluster(two_hub_repo: RepoBuilder):
+    cluster = "cluster: {provider: kubeconfig, kubeconfig: {filename: kube.yaml, context: campus}}\n"
+    two_hub_repo.commit("alpha on campus", hub_files("alpha", extra=cluster))
+    two_hub_repo.branch("prod")
+    ticker = Ticker(two_hub_repo)
+    sensor = build_git_sensor(str(two_hub_repo.path), ticker.chain)
+    result = sensor(dg.build_sensor_context(instance=ticker.instance, definitions=ticker.defs))
+    tags = {request.tags["hub"]: request.tags[TAG_CLUSTER] for request in result.run_requests}
+    assert tags == {"alpha": "kubeconfig:campus", "beta": "current-context"}
+
+
+# -- the release asset on the cluster --------------------------------------------------------------------------
+
+
+def frozen_environments(lab: Lab) -> str:
+    always = "rollout: {deny: [{cron: '0 0 * * *', duration: 1d}]}"  # every moment is inside
+    return f"environments:\n  staging: {{namespace: {lab.namespace}, {always}}}\n  prod: {{namespace: {lab.namespace}-p}}\n"
+
+
+def test_a_run_launched_inside_a_freeze_is_refused_unless_overridden(lab: Lab):
+    lab.configure(frozen_environments(lab))
+    lab.push_current_image()
+    refused = lab.materialize("staging")
+    assert refused.success and "lab/staging" not in refused.materialized(), refused.materialized()
+    fact = DeployRecord(lab.instance).latest_fact("lab", "staging")
+    assert isinstance(fact, Held) and fact.kind == "window" and not lab.release_exists()
+
+    forced = lab.materialize("staging", tags={"window_override": "alice: security fix, ticket 7"})
+    assert forced.success and forced.metadata("staging")["window_override"] == "alice: security fix, ticket 7"
+    assert [h["revision"] for h in lab.history()] == [1]
+
+
+def test_a_sensor_run_that_meets_a_freeze_waits_for_its_end(
+    lab: Lab, clock: list[datetime], monkeypatch: pytest.MonkeyPatch
+):
+    lab.configure(lab.environments().replace("staging: {", f"staging: {{rollout: {{deny: [{CLASSES}]}}, "))
+    lab.push_current_image()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the test clock moves instead
+        slept.append(seconds)
+        clock[0] += timedelta(seconds=seconds)
+
+    monkeypatch.setattr(policy.time, "sleep", sleep)
+    monkeypatch.setattr(policy, "HOLD_POLL_SECONDS", 3600.0)
+    run = lab.materialize("staging", tags={TAG_SENSOR: "git_branches"})
+    assert run.success and "lab/staging" in run.materialized()
+    assert clock[0] >= datetime(2026, 11, 30, 17, 0, tzinfo=UTC) and len(slept) == 6, slept
+    assert "waiting to deploy lab to staging: inside the deny window" in run.log_text()
