@@ -269,7 +269,9 @@ class RolloutSettings(Strict):
     allow: list[DeployWindow] | None = Field(None, description="Deploy only inside one of these windows")
     deny: list[DeployWindow] | None = Field(None, description="Never deploy inside these windows (they win)")
     wait_for_idle: IdleWait | None = None
-    soak: Duration | None = Field(None, description="Healthy this long here before the next environment promotes")
+    soak: Duration | None = Field(
+        None, description="Promote here only after this long healthy in the environment before, checked again"
+    )
     wave: int | None = Field(None, ge=0, description="Canary wave: hubs of wave n deploy after every hub of n-1")
 
     def over(self, defaults: RolloutSettings | None) -> RolloutSettings:

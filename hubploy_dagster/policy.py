@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
 from hubploy_dagster import rollout
 from hubploy_dagster.chain import Chain
-from hubploy_dagster.config import RolloutSettings
+from hubploy_dagster.config import RolloutSettings, parse_duration
 from hubploy_dagster.deployment import Hub
 from hubploy_dagster.lineage import promoted_from
 from hubploy_dagster.record import (
@@ -78,6 +79,42 @@ def awaiting_promotion(
     if before is None:
         return []
     return [hub for hub in hubs if record.healthy_mark(hub, before, fingerprints[hub]) is None]
+
+
+@dataclass(frozen=True)
+class Soak:
+    """A promotion that waits for its soak: until when, and whether the checks before must first run again."""
+
+    hold: rollout.Hold
+    recheck: int | None = None  # the storage id of the soak's first healthy mark, when its checks must run again
+
+
+def soaking(
+    record: DeployRecord, chain: Chain, env: str, hubs: dict[str, Hub], fingerprints: dict[str, str]
+) -> dict[str, Soak]:
+    """The hubs whose configuration has not soaked long enough in the environment before `env` to be promoted.
+
+    A soak starts at the configuration's first healthy mark there and ends `soak` later; then the checks run
+    again, and only a healthy mark from after the end lets the promotion go ahead.
+    """
+    before = chain.before(env)
+    found: dict[str, Soak] = {}
+    for name, hub in hubs.items():
+        soak = rollout.hub_rollout(chain, hub, env).soak
+        marks = list(record.healthy_marks(name, before, fingerprints[name])) if soak and before else []
+        if not marks:
+            continue  # nothing to soak, or never healthy there (the promotion gate's answer)
+        start = datetime.fromtimestamp(marks[-1].timestamp, UTC)
+        end = start + parse_duration(soak)
+        if rollout.now() < end:
+            reason = (
+                f"healthy in {before} since {rollout.utc_text(start)}: soaking {soak}, until {rollout.utc_text(end)}"
+            )
+            found[name] = Soak(rollout.Hold("soak", reason, end))
+        elif marks[0].timestamp < end.timestamp():
+            reason = f"soaked {soak} in {before}: promoted once its checks, run again after the soak, pass"
+            found[name] = Soak(rollout.Hold("soak", reason), recheck=marks[-1].storage_id)
+    return found
 
 
 def held(hold: rollout.Hold, sha: str) -> Held:

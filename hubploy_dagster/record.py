@@ -229,11 +229,13 @@ class DeployRecord:
     def latest_fact(self, hub: str, env: str) -> Fact | None:
         return next((fact for _, fact in self.facts(hub, env)), None)
 
+    def healthy_marks(self, hub: str, env: str, fingerprint: str) -> Iterator[dg.EventLogRecord]:
+        """The records of this exact hub configuration being healthy in `env`, newest first."""
+        return (r for r, f in self.facts(hub, env) if isinstance(f, Healthy) and f.fingerprint == fingerprint)
+
     def healthy_mark(self, hub: str, env: str, fingerprint: str) -> dg.EventLogRecord | None:
         """The newest record of this exact hub configuration being healthy in `env` (None: it never was)."""
-        return next(
-            (r for r, f in self.facts(hub, env) if isinstance(f, Healthy) and f.fingerprint == fingerprint), None
-        )
+        return next(self.healthy_marks(hub, env, fingerprint), None)
 
     def healthy_revision(self, hub: str, env: str, before: int | None) -> int | None:
         """The newest revision whose blocking checks all passed, older than `before` (None: any)."""

@@ -18,10 +18,11 @@ from hubploy_dagster import settings
 from hubploy_dagster.chain import Chain
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
-from hubploy_dagster.policy import awaiting_promotion, held, window_holds
+from hubploy_dagster.policy import awaiting_promotion, held, soaking, window_holds
 from hubploy_dagster.record import DeployRecord, observation
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
 from hubploy_dagster.resources import TAG_BRANCH, TAG_CLUSTER, TAG_ENV, TAG_GIT_SHA, TAG_HUB
+from hubploy_dagster.rollout import Hold
 from hubploy_dagster.sensing import branch_move, reload_code_location
 
 LOCATION_NAME = "hubploy"
@@ -92,11 +93,16 @@ def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> d
                 continue  # the cursor stays: this move is planned again once the new hubs have assets
             before = chain.before(env)
             waiting = awaiting_promotion(record, before, move.deploy, move.fingerprints)
-            holds = window_holds(chain, env, {hub: move.hubs[hub] for hub in move.deploy if hub not in waiting})
+            candidates = {hub: move.hubs[hub] for hub in move.deploy if hub not in waiting}
+            soaks = soaking(record, chain, env, candidates, move.fingerprints)
+            holds = window_holds(chain, env, candidates) | {hub: soak.hold for hub, soak in soaks.items()}
             for hub, hold in holds.items():
-                context.log.info(f"{branch}@{new[:7]}: {hub} held: {hold.reason}")
-                if record.latest_fact(hub, env) != (fact := held(hold, new)):
-                    context.instance.report_runless_asset_event(observation(hub, env, fact))
+                note_hold(context, record, f"{branch}@{new[:7]}", hub, env, new, hold)
+            requests += [
+                recheck_request(context, hub, before, new, soak.recheck)
+                for hub, soak in soaks.items()
+                if before is not None and soak.recheck is not None
+            ]
             requests += [
                 deploy_request(hub, env, branch, new, before is None and hub in imaged, move.hubs[hub].cluster)
                 for hub in move.deploy
@@ -112,6 +118,27 @@ def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> d
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
     return git_branches
+
+
+def note_hold(
+    context: dg.SensorEvaluationContext, record: DeployRecord, where: str, hub: str, env: str, sha: str, hold: Hold
+) -> None:
+    """Say why a deploy waits, and record it on the release once (not at every tick)."""
+    context.log.info(f"{where}: {hub} held: {hold.reason}")
+    if record.latest_fact(hub, env) != (fact := held(hold, sha)):
+        context.instance.report_runless_asset_event(observation(hub, env, fact))
+
+
+def recheck_request(context: dg.SensorEvaluationContext, hub: str, env: str, sha: str, since: int) -> dg.RunRequest:
+    """The checks of `hub` in `env` once more, after its configuration soaked there (once per soak: `since`)."""
+    key = release_key(hub, env)
+    checks = [check for check in context.repository_def.asset_graph.asset_check_keys if check.asset_key == key]
+    return dg.RunRequest(
+        run_key=f"{hub}:{env}:soaked:{since}",
+        asset_selection=[],
+        asset_check_keys=checks,
+        tags={TAG_HUB: hub, TAG_ENV: env, TAG_GIT_SHA: sha},
+    )
 
 
 def ask_for_reload(context: dg.SensorEvaluationContext, hubs: list[str], branch: str) -> None:

@@ -8,6 +8,7 @@ refused unless a run tag overrides it, and a sensor's run that meets a freeze wa
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -80,9 +81,9 @@ def test_a_hubs_keys_override_the_repositorys_and_bad_settings_name_their_key():
     assert "not a time zone" in problems["environments.prod.rollout.allow.0.timezone"]
 
 
-def chain_file(staging_rollout: dict[str, object]) -> dict[str, str]:
-    environments = {"environments": [{"name": "staging", "rollout": staging_rollout}, {"name": "prod"}]}
-    return {"hubploy-environments.yaml": yaml.safe_dump(environments)}
+def chain_file(staging: dict[str, object] | None = None, prod: dict[str, object] | None = None) -> dict[str, str]:
+    entries = [{"name": name, **({"rollout": r} if r else {})} for name, r in (("staging", staging), ("prod", prod))]
+    return {"hubploy-environments.yaml": yaml.safe_dump({"environments": entries})}
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_the_sensor_holds_a_frozen_deploy_then_deploys_the_newest_commit_once(
     two_hub_repo: RepoBuilder, clock: list[datetime]
 ):
     two_hub_repo.branch("prod")
-    frozen = two_hub_repo.commit("classes freeze", chain_file({"deny": [CLASSES]}))
+    frozen = two_hub_repo.commit("classes freeze", chain_file(staging={"deny": [CLASSES]}))
     ticker = Ticker(two_hub_repo)
     assert ticker.tick()[0] == [], "nothing is deployed during classes"
     assert ticker.cursor is None or head(two_hub_repo) not in ticker.cursor, "the move is planned again"
@@ -118,7 +119,7 @@ def test_the_sensor_holds_a_frozen_deploy_then_deploys_the_newest_commit_once(
 
 def test_a_hub_without_the_freeze_deploys_while_the_others_wait(two_hub_repo: RepoBuilder, clock: list[datetime]):
     two_hub_repo.branch("prod")
-    two_hub_repo.commit("classes freeze", chain_file({"deny": [CLASSES]}))
+    two_hub_repo.commit("classes freeze", chain_file(staging={"deny": [CLASSES]}))
     sha = two_hub_repo.commit(
         "alpha has no classes",
         hub_files("alpha", extra="environments:\n  staging:\n    rollout: {deny: []}\n"),
@@ -126,6 +127,24 @@ def test_a_hub_without_the_freeze_deploys_while_the_others_wait(two_hub_repo: Re
     ticker = Ticker(two_hub_repo)
     assert ticker.tick()[0] == [("alpha", "staging", sha)]
     assert held_facts(ticker, "beta") and not held_facts(ticker, "alpha")
+
+
+def test_prod_promotes_only_after_the_soak_and_the_checks_run_again_at_its_end(two_hub_repo: RepoBuilder):
+    """Real time and a 2-second soak: a healthy mark's time is the instance's clock, not a test clock."""
+    two_hub_repo.branch("prod")
+    sha = two_hub_repo.commit("prod soaks", chain_file(prod={"soak": "2s"}))
+    two_hub_repo.branch("prod", sha)
+    ticker = Ticker(two_hub_repo)
+    ticker.tick()
+    ticker.mark_staging_healthy("alpha", sha)
+    assert ticker.tick()[0] == [], "healthy in staging, but not for 2 s yet"
+    [soaking] = held_facts(ticker, "alpha", "prod")
+    assert soaking.kind == "soak" and "soaking 2s" in soaking.reason and soaking.until
+    time.sleep(2.5)
+    assert ticker.tick()[0] == [] and [r[:2] for r in ticker.rechecks] == [("alpha", "staging")], "checks again"
+    assert ticker.tick()[0] == [] and len(set(ticker.rechecks)) == 1, "the same run key: the daemon runs it once"
+    ticker.mark_staging_healthy("alpha", sha)  # what the re-run checks record when they pass
+    assert ticker.tick()[0] == [("alpha", "prod", sha)]
 
 
 def test_each_run_is_tagged_with_its_hubs_cluster(two_hub_repo: RepoBuilder):

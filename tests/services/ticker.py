@@ -27,6 +27,7 @@ class Ticker:
         self.source = source or str(builder.path)
         self.instance = dg.DagsterInstance.ephemeral()
         self.cursor: str | None = None
+        self.rechecks: list[tuple[str, str, str | None]] = []  # check-only runs requested (hub, env, run key)
         self.reload()
 
     def reload(self) -> None:
@@ -41,11 +42,14 @@ class Ticker:
         if isinstance(result, dg.SkipReason):
             return [], [result.skip_message or ""]
         self.cursor = result.cursor
-        requests = [(r.tags["hub"], r.tags["env"], r.tags["git_sha"]) for r in result.run_requests or []]
-        for request in result.run_requests or []:
+        deploys = [r for r in result.run_requests or [] if r.asset_selection]
+        self.rechecks += [
+            (r.tags["hub"], r.tags["env"], r.run_key) for r in result.run_requests or [] if not r.asset_selection
+        ]
+        for request in deploys:
             assert request.run_key == f"{request.tags['hub']}:{request.tags['env']}:{request.tags['git_sha']}"
             assert request.tags["branch"] == BRANCHES[request.tags["env"]]
-        return requests, []
+        return [(r.tags["hub"], r.tags["env"], r.tags["git_sha"]) for r in deploys], []
 
     def mark_staging_healthy(self, hub: str, rev: str) -> None:
         """Record what the staging checks record when they all pass: the promotion gate's evidence."""
