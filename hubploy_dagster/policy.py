@@ -117,6 +117,27 @@ def soaking(
     return found
 
 
+def wave_holds(
+    record: DeployRecord, chain: Chain, env: str, hubs: list[str], changed: dict[str, Hub], fingerprints: dict[str, str]
+) -> dict[str, rollout.Hold]:
+    """The hubs of a change that wait for its earlier canary waves: `hubs` among all it `changed` (name -> Hub).
+
+    A hub of wave n deploys once every hub of a lower wave that the change reaches is healthy in `env` with the
+    changed configuration; a canary that fails its checks holds the later waves until it is fixed (a new
+    configuration) or an operator deploys them by hand. Hubs without a wave are not held.
+    """
+    found_waves = {name: rollout.hub_rollout(chain, hub, env).wave for name, hub in changed.items()}
+    waves = {name: wave for name, wave in found_waves.items() if wave is not None}
+    pending = {name for name in waves if record.healthy_mark(name, env, fingerprints[name]) is None}
+    found = {}
+    for name in hubs:
+        ahead = sorted(other for other in pending if name in waves and waves[other] < waves[name])
+        if ahead:
+            reason = f"wave {waves[name]} waits for the checks of the earlier waves' {', '.join(ahead)} in {env}"
+            found[name] = rollout.Hold("wave", reason)
+    return found
+
+
 def held(hold: rollout.Hold, sha: str) -> Held:
     return Held(hold.kind, hold.reason, rollout.utc_text(hold.until) if hold.until else "", sha)
 

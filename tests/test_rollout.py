@@ -147,6 +147,33 @@ def test_prod_promotes_only_after_the_soak_and_the_checks_run_again_at_its_end(t
     assert ticker.tick()[0] == [("alpha", "prod", sha)]
 
 
+def test_canary_waves_deploy_in_order_and_a_failing_canary_holds_the_rest(two_hub_repo: RepoBuilder):
+    two_hub_repo.branch("prod")
+    two_hub_repo.commit("every hub in wave 1", chain_file(staging={"wave": 1}))
+    canary = "environments:\n  staging:\n    rollout: {wave: 0}\n"
+    first = two_hub_repo.commit("alpha is the canary", hub_files("alpha", extra=canary))
+    ticker = Ticker(two_hub_repo)
+    assert ticker.tick()[0] == [("alpha", "staging", first)], "the canary first"
+    [wave] = held_facts(ticker, "beta")
+    assert wave.kind == "wave" and "alpha" in wave.reason
+    ticker.mark_deployed("alpha", "staging", first)
+    ticker.mark_staging_healthy("alpha", first)
+    assert ticker.tick()[0] == [("beta", "staging", first)], "the next wave once the canary passed its checks"
+    ticker.mark_deployed("beta", "staging", first)
+
+    bump = two_hub_repo.commit("chart bump", {"chart/values.yaml": "jupyterhub: {bumped: true}\n"})
+    assert ticker.tick()[0] == [("alpha", "staging", bump)]
+    ticker.mark_deployed("alpha", "staging", bump)  # deployed, but its checks fail: no healthy mark
+    for _ in range(2):
+        assert ticker.tick()[0] == [], "a failing canary holds the later waves"
+    assert len([f for f in held_facts(ticker, "beta") if f.git_sha == bump]) == 1, "recorded once"
+    fixed = two_hub_repo.commit("alpha fixed", {"hubs/alpha/config/staging.yaml": "jupyterhub: {fixed: 1}\n"})
+    assert ticker.tick()[0] == [("alpha", "staging", fixed)], "a new configuration of the canary deploys"
+    ticker.mark_deployed("alpha", "staging", fixed)
+    ticker.mark_staging_healthy("alpha", fixed)
+    assert ticker.tick()[0] == [("beta", "staging", fixed)]
+
+
 def test_each_run_is_tagged_with_its_hubs_cluster(two_hub_repo: RepoBuilder):
     cluster = "cluster: {provider: kubeconfig, kubeconfig: {filename: kube.yaml, context: campus}}\n"
     two_hub_repo.commit("alpha on campus", hub_files("alpha", extra=cluster))
