@@ -30,6 +30,7 @@ from hubploy_dagster.errors import ConfigProblem, HubployError
 from hubploy_dagster.helm import ImageValue
 from hubploy_dagster.release import DeployOptions, hub_images, missing_images, prepared_release
 from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.rollout import hub_rollout, now, window_hold
 from hubploy_dagster.secrets import MASK, Masker, Sops
 from hubploy_dagster.session import HubSession
 from hubploy_dagster.settings import current
@@ -87,10 +88,12 @@ class DeployPlan:
     to_build: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     problems: list[ConfigProblem] = field(default_factory=list)
+    holds: dict[str, str] = field(default_factory=dict)  # hub -> why its deploy would wait now (deploy windows)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "env": self.env,
+            "holds": self.holds,
             "from": self.old,
             "to": self.new,
             "hubs": [h.to_json() for h in self.hubs],
@@ -107,6 +110,8 @@ class DeployPlan:
         for hub in self.hubs:
             action = "upgrade" if hub.installed else "install"
             lines.append(f"deploy\t{hub.hub}\t{action} {hub.release} in {hub.namespace}")
+            if hub.hub in self.holds:
+                lines.append(f"held\t{hub.hub}\t{self.holds[hub.hub]}")
             lines += [f"secret\t{hub.hub}\t{change}" for change in hub.secret_changes]
         verb = "to build" if self.builds else f"missing ({self.env} never builds: deploy would fail)"
         lines += [f"image\t{image}\t{verb}" for image in self.to_build]
@@ -140,12 +145,15 @@ def plan_deploy(
 ) -> DeployPlan:
     changes = change_set(repo, old, new)
     after = changes.after
-    builds = load_chain(after.snapshot, current().branches).before(env) is None  # the first environment builds
+    chain = load_chain(after.snapshot, current().branches)
+    builds = chain.before(env) is None  # the first environment builds
     plan = DeployPlan(env, changes.old, after.sha, builds, removed=changes.removed, problems=after.problems)
     masker, key = Masker(), os.urandom(32)  # one of each for the whole plan
     for name in changes.changed:
         session = HubSession(after, after.hubs[name], env, sops, log, masker)
-        images = hub_images(repo, after, session.hub)
+        if hold := window_hold(hub_rollout(chain, session.hub, env), now()):
+            plan.holds[name] = hold.reason
+        images = hub_images(session)
         hub_plan = plan_hub(session, images, key)
         if old is None and hub_plan.installed and not hub_plan.diff:
             plan.unchanged.append(name)

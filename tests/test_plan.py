@@ -107,6 +107,14 @@ def test_plan_lists_changed_hubs_with_masked_diffs_and_images_to_build(two_deplo
     for output in (result.output, text.output):
         assert not any(form in output for form in secret_forms)
 
+    freeze = (
+        "environments:\n  - name: staging\n    rollout: {deny: [{cron: '0 0 * * *', duration: 1d}]}\n  - name: prod\n"
+    )
+    lab.builder.commit("a freeze", {"hubploy-environments.yaml": freeze})
+    frozen = hubploy_plan(lab, "--from", deployed)
+    assert frozen.exit_code == 0, frozen.output
+    assert "held\tlab\tinside the deny window `0 0 * * *` (UTC, 1d) until" in frozen.stdout, "plan names the hold"
+
 
 def test_plan_job_attaches_the_plan_as_markdown(two_deployed_hubs):
     lab, _ = two_deployed_hubs
