@@ -14,12 +14,15 @@ import dagster as dg
 
 from hubploy_dagster.build import BuildRequest, build_hub_images
 from hubploy_dagster.chain import Chain
-from hubploy_dagster.checks import release_health_checks
+from hubploy_dagster.checks import admin_token, release_health_checks
 from hubploy_dagster.cloud import registry_login
+from hubploy_dagster.config import IdleWait
 from hubploy_dagster.deployment import Hub, load_deployment
+from hubploy_dagster.errors import ConfigError
+from hubploy_dagster.idle import wait_for_idle
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import group_name, hub_pool, image_key, release_key
-from hubploy_dagster.policy import deploy_window, promotion, roll_back
+from hubploy_dagster.policy import deploy_window, promotion, roll_back, soaking
 from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, UpgradeFailedError, deploy_hub
@@ -134,6 +137,38 @@ def upstream_key(hub: Hub, chain: Chain, env: str) -> dg.AssetKey | None:
     return image_key(hub.name) if hub.images() else None
 
 
+def wait_for_users(context: dg.AssetExecutionContext, session: HubSession, wait: IdleWait) -> dict[str, Any]:
+    """`wait_for_idle`: before the upgrade, wait until the hub's users have left; the metadata the release records.
+
+    The hub is asked at its `url` with the admin service token the test-user check uses; a first install (no
+    release yet) has nobody to wait for.
+    """
+    hub, env = session.hub, session.env
+    snapshot = session.deployment.snapshot
+    why = f"wait_for_idle is set for hub {hub.name} in {env}, and asking the hub how many user servers run needs"
+    url = hub.url(env)
+    if not url:
+        raise ConfigError.single(snapshot.describe(hub.config_path), f"environments.{env}.url", f"{why} its URL")
+    path = hub.config.health.test_user.token_values_path
+    token = admin_token(session, path)
+    if not token:
+        secrets = [snapshot.describe(f.path) for f in session.deployment.values_files(hub, env) if f.secret]
+        where = ", ".join(secrets) or f"{hub.path}/secrets/{env}.yaml (no such file)"
+        raise ConfigError.single(
+            where, path, f"{why} the admin service token there (health.test_user.token_values_path in hubploy.yaml)"
+        )
+    with session.cluster() as cluster:
+        installed = cluster.helm.status(session.release, session.namespace) is not None
+    if not installed:
+        context.log.info(
+            f"not waiting for users to leave: {session.release} is not installed in {session.namespace} yet "
+            "(a first install has no hub to ask)"
+        )
+        return {"idle_wait": "skipped: first install"}
+    context.log.info(f"waiting for users of {hub.name} in {env} to leave before the upgrade (wait_for_idle)")
+    return wait_for_idle(url, token, wait, context.log.info).metadata()
+
+
 def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
     """`helm upgrade --install` of the hub in one environment at the run's commit.
 
@@ -171,7 +206,8 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
             return
         record = DeployRecord(context.instance)
         override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
-        gate = promotion(record, chain.before(env), hub.name, sha, fingerprint, override)
+        soak = soaking(record, chain, env, {hub.name: session.hub}, {hub.name: fingerprint}).get(hub.name)
+        gate = promotion(record, chain.before(env), hub.name, sha, fingerprint, override, soak)
         if gate.refused:
             context.log.warning(
                 f"not promoting to {env}: {gate.refused.reason} (run tag {TAG_PROMOTION_OVERRIDE} overrides)"
@@ -180,9 +216,11 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
             return
         if gate.overridden:
             context.log.warning(f"promoting to {env} although {gate.overridden}: overridden by run tag ({override})")
-        window = deploy_window(context, hub_rollout(chain, session.hub, env), hub.name, env, sha)
+        rollout = hub_rollout(chain, session.hub, env)
+        window = deploy_window(context, rollout, hub.name, env, sha)
         if window is None:
             return
+        idle = wait_for_users(context, session, rollout.wait_for_idle) if rollout.wait_for_idle else {}
         try:
             result = deploy_hub(session, DeployOptions(check_registry=True))
         except UpgradeFailedError:
@@ -191,7 +229,9 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
                 cause = {"failed_upgrade": f"helm upgrade of {session.release}"}
                 yield observation(hub.name, env, roll_back(record, session, None, cause, context.log))
             raise
-        metadata = release_record_metadata(result, repo, context.run.run_id, fingerprint, **gate.metadata, **window)
+        metadata = release_record_metadata(
+            result, repo, context.run.run_id, fingerprint, **gate.metadata, **window, **idle
+        )
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))
 
     return _release

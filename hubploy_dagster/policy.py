@@ -52,16 +52,27 @@ class Promotion:
 
 
 def promotion(
-    record: DeployRecord, before: str | None, hub: str, sha: str, fingerprint: str, override: str | None
+    record: DeployRecord,
+    before: str | None,
+    hub: str,
+    sha: str,
+    fingerprint: str,
+    override: str | None,
+    soak: Soak | None = None,
 ) -> Promotion:
     """Whether `hub` at `sha` may deploy to the environment after `before` (the chain's `before(env)`; None:
-    the first environment, never gated); the release metadata links the healthy release it promotes."""
+    the first environment, never gated); the release metadata links the healthy release it promotes. A
+    configuration still soaking there (`soaking`) is not promoted yet either."""
     if before is None:
         return Promotion(None, {})
     passed = record.healthy_mark(hub, before, fingerprint)
-    if passed is not None:
+    if passed is None:
+        why = f"never passed its {before} checks"
+    elif soak is None:
         return Promotion(None, promoted_from(record.release_before(hub, before, passed.storage_id), passed))
-    reason = f"hub {hub} at {sha[:7]} (configuration {fingerprint[:12]}) never passed its {before} checks"
+    else:
+        why = f"is not promoted yet: {soak.hold.reason}"
+    reason = f"hub {hub} at {sha[:7]} (configuration {fingerprint[:12]}) {why}"
     if override:
         return Promotion(None, {PROMOTION_OVERRIDE: override}, overridden=reason)
     return Promotion(RefusedPromotion(reason, sha, fingerprint), {})

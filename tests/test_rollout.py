@@ -21,7 +21,7 @@ from services.ticker import Ticker, head
 from hubploy_dagster import policy, rollout
 from hubploy_dagster.config import RolloutSettings, load_hubploy_config
 from hubploy_dagster.errors import ConfigError
-from hubploy_dagster.record import DeployRecord, Held
+from hubploy_dagster.record import DeployRecord, Held, RefusedPromotion
 from hubploy_dagster.resources import TAG_CLUSTER, TAG_SENSOR
 from sensors.git_sensor import build_git_sensor
 
@@ -223,3 +223,16 @@ def test_a_sensor_run_that_meets_a_freeze_waits_for_its_end(
     assert run.success and "lab/staging" in run.materialized()
     assert clock[0] >= datetime(2026, 11, 30, 17, 0, tzinfo=UTC) and len(slept) == 6, slept
     assert "waiting to deploy lab to staging: inside the deny window" in run.log_text()
+
+
+def test_a_prod_run_during_the_soak_is_refused_unless_overridden(lab: Lab):
+    lab.configure(lab.environments().replace("prod: {", "prod: {rollout: {soak: 1h}, "))
+    lab.push_current_image()
+    staged = lab.materialize("staging", checks=True)
+    assert staged.success and staged.checks() and all(c.passed for c in staged.checks().values())
+    refused = lab.materialize("prod")
+    assert "lab/prod" not in refused.materialized()
+    fact = DeployRecord(lab.instance).latest_fact("lab", "prod")
+    assert isinstance(fact, RefusedPromotion) and "is not promoted yet" in fact.reason and "soaking 1h" in fact.reason
+    forced = lab.materialize("prod", tags={"promotion_override": "alice: the soak is not needed for this fix"})
+    assert forced.success and "lab/prod" in forced.materialized()
