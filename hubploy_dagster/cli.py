@@ -318,10 +318,22 @@ def validate(repo: str, rev: str) -> None:
 )
 @click.option("--to", "to_rev", help="Commit to plan (default: the head of the environment's branch).")
 @json_option
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json", "markdown"]),
+    help="text (default), json (as --json), or markdown: what a CI job posts on a pull request.",
+)
 @pass_settings
 @reports_errors
 def plan(
-    settings: Settings, repo: str, env: str | None, from_rev: str | None, to_rev: str | None, as_json: bool
+    settings: Settings,
+    repo: str,
+    env: str | None,
+    from_rev: str | None,
+    to_rev: str | None,
+    as_json: bool,
+    output: str | None,
 ) -> None:
     """What deploying ENV at a commit would change: hubs, images to build, and a diff of each hub's resources.
 
@@ -336,10 +348,11 @@ def plan(
     env = chain.require(env) if env else chain.first
     new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, chain.branch(env))
     result = plan_deploy(deployment_repo, env, new, from_rev, Sops(), lambda line: click.echo(line, err=True))
-    if as_json:
+    output = "json" if as_json else output or "text"
+    if output == "json":
         _emit_json(result.to_json())
-        return
-    click.echo(result.to_text(), nl=False)
+    else:
+        click.echo(result.to_markdown() if output == "markdown" else result.to_text(), nl=False)
 
 
 if __name__ == "__main__":

@@ -124,11 +124,14 @@ class DeployPlan:
         return "\n".join([*self.summary(), *parts]) + "\n"
 
     def to_markdown(self) -> str:
+        """For a pull request comment (and the `plan` job's metadata): one collapsed diff per hub."""
         headline, *items = self.summary()
         lines = [f"## Plan for {self.env} at `{self.new[:7]}`", "", headline, ""]
         lines += [f"- {item.replace(chr(9), ' ')}" for item in items]
         for hub in self.hubs:
-            lines += ["", f"### {hub.hub}", "", "```diff", hub.diff or "(no manifest change)", "```"]
+            summary = f"{hub.hub}: {'upgrade' if hub.installed else 'install'} {hub.release} in {hub.namespace}"
+            diff = hub.diff or "(no manifest change)"
+            lines += ["", f"<details><summary>{summary}</summary>", "", "```diff", diff, "```", "", "</details>"]
         return "\n".join(lines) + "\n"
 
 

@@ -103,8 +103,11 @@ def test_plan_lists_changed_hubs_with_masked_diffs_and_images_to_build(two_deplo
     assert "deploy\tlab\tupgrade lab-staging" in text.stdout and "quiet" not in text.stdout
     assert f"image\t{lab.image}:{new_tag}\tto build" in text.stdout
     assert "+  hub.config.ConfigurableHTTPProxy.auth_token: '********" in text.stdout
+    markdown = hubploy_plan(lab, "--from", deployed, "--format", "markdown")
+    assert markdown.exit_code == 0 and markdown.stdout.startswith(f"## Plan for staging at `{changed[:7]}`")
+    assert "<details><summary>lab: upgrade lab-staging" in markdown.stdout and "```diff" in markdown.stdout
     secret_forms = [form for value in (CANARY, NEW_CANARY) for form in (value, b64(value))]
-    for output in (result.output, text.output):
+    for output in (result.output, text.output, markdown.output):
         assert not any(form in output for form in secret_forms)
 
     freeze = (
@@ -135,7 +138,8 @@ def test_plan_job_attaches_the_plan_as_markdown(two_deployed_hubs):
     markdown = metadata["plan"].value
     assert isinstance(metadata["plan"], dg.MarkdownMetadataValue)
     assert markdown.startswith(f"## Plan for staging at `{changed[:7]}`")
-    assert "### lab" in markdown and f"+          value: {PROBE}" in markdown and "quiet" not in markdown
+    assert "<details><summary>lab: upgrade lab-staging in" in markdown and "quiet" not in markdown
+    assert f"+          value: {PROBE}" in markdown
     assert "1 hub(s) to deploy, 1 unchanged" in markdown
     assert metadata["hubs"].value == "lab" and CANARY not in markdown
     assert result.output_for_node("plan_hubs")["to"] == changed
