@@ -267,10 +267,13 @@ def deploy(settings: Settings, hub: str, chart: str, environment: str, repo: str
 @click.option("--env", help="Only this environment (any the instance recorded, in the chain or not any more).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest entries to list.")
 @click.option("--repo", help="Deployment repository for commit authors [default: HUBPLOY_REPO].")
+@click.option("--stats", is_flag=True, help="Per hub and environment: deploys, failure rate, median times, rollbacks.")
 @json_option
 @pass_settings
 @reports_errors
-def history(settings: Settings, hub: str | None, env: str | None, limit: int, repo: str | None, as_json: bool) -> None:
+def history(
+    settings: Settings, hub: str | None, env: str | None, limit: int, repo: str | None, stats: bool, as_json: bool
+) -> None:
     """The deploy audit of HUB (or every hub) from the Dagster instance at DAGSTER_HOME, newest first.
 
     One entry per release, rollback and refused promotion: commit and its author, image tag, helm revision,
@@ -278,6 +281,16 @@ def history(settings: Settings, hub: str | None, env: str | None, limit: int, re
     """
     from hubploy_dagster.history import deploy_history, history_table, open_instance  # Dagster, only here
 
+    if stats:
+        from hubploy_dagster.insights import deploy_stats, stats_table
+
+        figures = deploy_stats(open_instance(), hub, env, limit)
+        if as_json:
+            _emit_json([s.as_json() for s in figures])
+        else:
+            for line in stats_table(figures) if figures else ["no deploys recorded"]:
+                click.echo(line)
+        return
     entries = deploy_history(open_instance(), hub, env, limit, repo or settings.repo)
     if as_json:
         _emit_json([entry.as_json() for entry in entries])

@@ -26,6 +26,7 @@ from hubploy_dagster import settings
 from hubploy_dagster.checks import CHECK_NAMES
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
+from hubploy_dagster.lineage import PROMOTION_SECONDS
 from hubploy_dagster.record import Held, RefusedPromotion, Release, Rollback, fact_of, values_of
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import TAG_GIT_SHA, TAG_SENSOR
@@ -64,6 +65,8 @@ class Entry:
     rollbacks: list[str] = field(default_factory=list)
     detail: str = ""
     author: str = ""
+    duration_seconds: float | None = None  # a release's helm time
+    promotion_seconds: float | None = None  # a promotion: from the release it promotes, in the environment before
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "time": _time(self.timestamp)}
@@ -235,8 +238,14 @@ def _entry(
         helm_revision=release.helm_revision,
         rollbacks=rollbacks.get((record.run_id, record.asset_key), []),
         detail="; ".join(details),
+        duration_seconds=_number(values.get("duration_seconds")),
+        promotion_seconds=_number(values.get(PROMOTION_SECONDS)),
         **common,
     )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def commit_authors(source: str | None, shas: set[str]) -> dict[str, str]:
@@ -286,5 +295,10 @@ def history_table(entries: list[Entry]) -> list[str]:
                 e.detail,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return aligned(rows)
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of text cells as columns two spaces apart (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

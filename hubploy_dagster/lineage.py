@@ -10,6 +10,7 @@ taken from a remote URL, so credentials in it (`https://user:token@...`) never r
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,6 +81,9 @@ def release_metadata(result: ReleaseResult, repo: DeploymentRepo, run_id: str | 
     return metadata
 
 
+PROMOTION_SECONDS = "promotion_seconds"
+
+
 def promoted_from(release: dg.EventLogRecord | None, passed: dg.EventLogRecord) -> dict[str, Any]:
     """For a promotion: the release materialization whose checks passed (`passed`, their healthy mark) and its run.
 
@@ -91,6 +95,8 @@ def promoted_from(release: dg.EventLogRecord | None, passed: dg.EventLogRecord) 
     if release:
         metadata["promoted_from_storage_id"] = release.storage_id
         metadata["promoted_from_time"] = dg.MetadataValue.timestamp(release.timestamp)
+        # a number the UI plots per release: the lead time from the environment before
+        metadata[PROMOTION_SECONDS] = round(time.time() - release.timestamp, 1)
     if link := run_url(settings.current().webserver_url, run_id):
         metadata["promoted_from_run_link"] = dg.MetadataValue.url(link)
     return metadata

@@ -121,6 +121,17 @@ def test_history_lists_releases_promotions_refusals_and_rollbacks(audited: Lab):
     assert "revision 3 -> 2 (now revision 4)" in lines[1] and "sensor" in lines[1]
     assert f"{first_sha[:7]}  {AUTHOR}  {tag}" in lines[-1] and "2 passed" in lines[-1]
 
+    # deploy insights (issue 19): per hub and environment, from the same records
+    code, out, _ = history("lab", "--stats", "--json")
+    stats = {(s["hub"], s["env"]): s for s in json.loads(out)}
+    staging, production = stats[("lab", "staging")], stats[("lab", "prod")]
+    assert (staging["deploys"], staging["rollbacks"], staging["failed_runs"]) == (3, 1, 0 if broken.success else 1)
+    assert staging["median_deploy_seconds"] > 0 and staging["median_promotion_seconds"] is None
+    assert production["deploys"] == 1 and production["median_promotion_seconds"] >= 0
+    assert prod.metadata("prod")["promotion_seconds"] >= 0, "a number the UI plots per release"
+    code, out, _ = history("--stats")
+    assert code == 0 and out.splitlines()[0].split()[:4] == ["HUB", "ENV", "DEPLOYS", "FAILED"]
+
 
 def test_cli_deploy_is_recorded_as_launched_by_the_cli(audited: Lab):
     lab = audited
