@@ -242,7 +242,7 @@ def hub_assets(
 ) -> tuple[list[dg.AssetsDefinition | dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """Everything one hub contributes to the code location."""
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [release_asset(hub, chain, env) for env in chain.names]
-    checks = [check for env in chain.names if (check := release_health_checks(hub, env)) is not None]
+    checks = [c for env in chain.names if (c := release_health_checks(hub, env, env in chain.watch)) is not None]
     if hub.images():
         assets.insert(0, image_asset(hub, chain))
         checks.insert(0, image_in_registry_check(hub))

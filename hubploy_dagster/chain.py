@@ -10,6 +10,7 @@ hubploy's model is a `staging` and a `prod` branch, prod promoted from staging; 
       - name: prod
         rollout:               # when its releases may change, for every hub (hubploy_dagster/rollout.py)
           deny: [{cron: "0 8 * * 1-5", duration: 10h, timezone: Europe/Berlin}]
+        watch: 1h              # every release's checks and drift check run again this often (sensors/watch.py)
 
 Without the file the chain is today's `staging -> prod`, following the first and last branch of
 HUBPLOY_BRANCHES. A chain of one environment deploys without a promotion gate.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hubploy_dagster.config import RolloutSettings, parse_yaml, problem_from_pydantic
+from hubploy_dagster.config import Duration, RolloutSettings, parse_yaml, problem_from_pydantic
 from hubploy_dagster.errors import ConfigError, GitError, HubployError
 from hubploy_dagster.repo import DeploymentRepo, Snapshot
 
@@ -39,6 +40,7 @@ class _EnvironmentEntry(BaseModel):
     name: str = Field(description="Lowercase letters, digits and dashes: it names releases and namespaces")
     branch: str | None = Field(None, description="The branch this environment follows (default: its name)")
     rollout: RolloutSettings | None = Field(None, description="Every hub's rollout settings here (a hub's win)")
+    watch: Duration | None = Field(None, description="Re-run every release's checks and drift check this often")
 
     @field_validator("name")
     @classmethod
@@ -78,6 +80,7 @@ class Chain:
     branches: dict[str, str]  # environment -> branch, in order
     source: str = "the default chain"
     rollout: dict[str, RolloutSettings] = field(default_factory=dict)  # environment -> the repository's defaults
+    watch: dict[str, str] = field(default_factory=dict)  # environment -> how often its releases are checked again
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -119,8 +122,10 @@ def load_chain(snapshot: Snapshot, branches: Sequence[str] = DEFAULT_ENVIRONMENT
         parsed = _ChainFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError([problem_from_pydantic(file, error) for error in exc.errors()]) from None
-    rollout = {entry.name: entry.rollout for entry in parsed.environments if entry.rollout is not None}
-    return Chain({entry.name: entry.branch or entry.name for entry in parsed.environments}, file, rollout)
+    entries = parsed.environments
+    rollout = {entry.name: entry.rollout for entry in entries if entry.rollout is not None}
+    watch = {entry.name: entry.watch for entry in entries if entry.watch is not None}
+    return Chain({entry.name: entry.branch or entry.name for entry in entries}, file, rollout, watch)
 
 
 def repository_chain(repo: DeploymentRepo, branches: Sequence[str] = DEFAULT_ENVIRONMENTS) -> Chain:

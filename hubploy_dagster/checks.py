@@ -15,33 +15,36 @@ import yaml
 
 from hubploy_dagster.config import CheckSettings
 from hubploy_dagster.deployment import Hub
+from hubploy_dagster.drift import drift_outcome
 from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user, sleep_backoff
 from hubploy_dagster.health_cluster import check_release, check_workloads
 from hubploy_dagster.keys import group_name, release_key
 from hubploy_dagster.policy import roll_back
 from hubploy_dagster.record import DeployRecord, Fact, Healthy, Release, observation
-from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
+from hubploy_dagster.resources import TAG_PURPOSE, DeploymentRepoResource, SopsResource
 from hubploy_dagster.secrets import decrypted_files
 from hubploy_dagster.session import HubSession
 
 BACKOFF_SECONDS = 2.0
-CHECK_NAMES = ("release_deployed", "workloads_ready", "hub_api", "test_user_server")
+CHECK_NAMES = ("release_deployed", "workloads_ready", "hub_api", "test_user_server", "drift")
 
 
-def enabled_checks(hub: Hub, env: str) -> dict[str, CheckSettings]:
-    """The checks this hub runs in this environment; the API checks need the environment's URL."""
+def enabled_checks(hub: Hub, env: str, watched: bool = False) -> dict[str, CheckSettings]:
+    """The checks this hub runs in this environment; the API checks need the environment's URL, and the drift
+    check runs where the chain watches the releases (`watch`), after deploys and on its schedule."""
     health = hub.config.health
     candidates = {
         "release_deployed": health.release,
         "workloads_ready": health.workloads,
         "hub_api": health.hub_api,
         "test_user_server": health.test_user,
+        "drift": health.drift,
     }
     needs_url = {"hub_api", "test_user_server"}
     return {
         name: settings
         for name, settings in candidates.items()
-        if settings.enabled and (hub.url(env) or name not in needs_url)
+        if settings.enabled and (hub.url(env) or name not in needs_url) and (watched or name != "drift")
     }
 
 
@@ -79,9 +82,9 @@ def _metadata(outcome: CheckOutcome) -> dict[str, Any]:
     }
 
 
-def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None:
+def release_health_checks(hub: Hub, env: str, watched: bool = False) -> dg.AssetChecksDefinition | None:
     """One check step for the release: every enabled check, then the healthy record or a rollback."""
-    checks = enabled_checks(hub, env)
+    checks = enabled_checks(hub, env, watched)
     if not checks:
         return None
     key = release_key(hub.name, env)
@@ -99,7 +102,9 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
         recorded = Release.of({k: v.value for k, v in event.asset_materialization.metadata.items()})
         session = HubSession.at(deployment_repo.open(), recorded.git_sha, hub.name, env, sops.sops(), context.log.info)
         masker = session.masker
-        outcomes = run_checks(session, recorded, checks)
+        record = DeployRecord(context.instance)
+        ours = record.hubploy_revisions(hub.name, env) if "drift" in checks else set()
+        outcomes = run_checks(session, recorded, checks, ours)
         for name, outcome in outcomes.items():
             yield dg.AssetCheckResult(
                 asset_key=key,
@@ -107,13 +112,15 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
                 passed=outcome.passed,
                 description=masker(outcome.description),
                 metadata=_metadata(outcome),
+                severity=dg.AssetCheckSeverity.WARN if name == "drift" else dg.AssetCheckSeverity.ERROR,
             )
         failed = [name for name, outcome in outcomes.items() if not outcome.passed and checks[name].blocking]
+        watching = context.run.tags.get(TAG_PURPOSE) == "watch"  # a hub that broke later is reported, not rolled back
         if not failed:
             fact: Fact = Healthy(recorded.helm_revision, recorded.fingerprint or "", recorded.git_sha)
-        elif session.hub.config.rollback == "on-failure":
+        elif session.hub.config.rollback == "on-failure" and not watching:
             cause = {"failed_checks": ", ".join(failed)}
-            fact = roll_back(DeployRecord(context.instance), session, recorded.helm_revision, cause, context.log)
+            fact = roll_back(record, session, recorded.helm_revision, cause, context.log)
         else:
             return
         context.op_execution_context.log_event(observation(hub.name, env, fact))
@@ -121,7 +128,10 @@ def release_health_checks(hub: Hub, env: str) -> dg.AssetChecksDefinition | None
     return _health
 
 
-def run_checks(session: HubSession, recorded: Release, checks: dict[str, CheckSettings]) -> dict[str, CheckOutcome]:
+def run_checks(
+    session: HubSession, recorded: Release, checks: dict[str, CheckSettings], ours: set[int]
+) -> dict[str, CheckOutcome]:
+    """`ours`: the helm revisions hubploy made (the drift check names any other as made outside)."""
     namespace, release, log, masker = recorded.namespace, recorded.release, session.log, session.masker
     url = session.hub.url(session.env) or ""
     outcomes: dict[str, CheckOutcome] = {}
@@ -137,6 +147,7 @@ def run_checks(session: HubSession, recorded: Release, checks: dict[str, CheckSe
             ),
             "hub_api": lambda: check_hub_api(url, checks["hub_api"].timeout_seconds, checks["hub_api"].retries),
             "test_user_server": lambda: user_server_outcome(session, url),
+            "drift": lambda: drift_outcome(session, recorded.helm_revision, ours),
         }
         for name in checks:
             log(f"checking {name} of {release} in {namespace}")

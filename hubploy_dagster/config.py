@@ -305,6 +305,10 @@ class HealthSettings(Strict):
     workloads: CheckSettings = CheckSettings()
     hub_api: CheckSettings = CheckSettings()
     test_user: UserServerCheckSettings = UserServerCheckSettings()
+    drift: CheckSettings = Field(
+        CheckSettings(blocking=False, retries=0),
+        description="The live release against its commit (revision, chart, values); a warning, never blocking",
+    )
 
 
 class SecretsSettings(Strict):

@@ -29,6 +29,7 @@ from jobs.deploy import rollback
 from jobs.plan import plan
 from sensors.git_sensor import build_git_sensor
 from sensors.notify import build_failure_sensor
+from sensors.watch import build_watch_sensor
 
 
 def hubs_on_branches(repo: DeploymentRepo, branches: list[str], only: set[str] | None = None) -> list[Hub]:
@@ -65,6 +66,7 @@ def build_definitions(
     sensors = [
         build_git_sensor(source, chain, settings.sensor_interval),
         build_failure_sensor(settings.webhook_url, settings.webserver_url),
+        *([build_watch_sensor(chain)] if chain.watch else []),
     ]
     return dg.Definitions(
         assets=assets,

@@ -244,6 +244,19 @@ class DeployRecord:
                 return int(fact.revision)
         return None
 
+    def hubploy_revisions(self, hub: str, env: str) -> set[int]:
+        """The helm revisions hubploy made of a release: its deploys and its rollbacks."""
+        revisions = {f.new_revision for _, f in self.facts(hub, env) if isinstance(f, Rollback) and f.new_revision}
+        before: int | None = None
+        while True:
+            records = self.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=release_key(hub, env), before_storage_id=before), limit=PAGE
+            ).records
+            revisions |= {int(v) for r in records if (v := values_of(r).get("helm_revision")) is not None}
+            if len(records) < PAGE:
+                return revisions
+            before = records[-1].storage_id
+
     def release_before(self, hub: str, env: str, storage_id: int) -> dg.EventLogRecord | None:
         """The newest release materialization stored before `storage_id` (what a healthy mark was about)."""
         records = self.instance.fetch_materializations(

@@ -25,6 +25,7 @@ TAG_PROMOTION_OVERRIDE = "promotion_override"  # its value: who overrode the gat
 TAG_WINDOW_OVERRIDE = "window_override"  # its value: who deployed outside the deploy windows and why
 TAG_CLUSTER = "cluster"  # the hub's cluster (Hub.cluster): dagster.yaml limits deploys per cluster by it
 TAG_SENSOR = "dagster/sensor_name"  # set by the daemon on every run a sensor requests
+TAG_PURPOSE = "purpose"  # `watch`: the scheduled checks of a deployed release (sensors/watch.py), never a rollback
 
 
 class DeploymentRepoResource(dg.ConfigurableResource):

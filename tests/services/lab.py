@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from hubploy_dagster.assets import hub_assets
-from hubploy_dagster.chain import default_chain
+from hubploy_dagster.chain import Chain, default_chain
 from hubploy_dagster.deployment import Hub, load_deployment
 from hubploy_dagster.helm import Helm
 from hubploy_dagster.keys import release_key
@@ -132,10 +132,15 @@ class Lab:
         return hub or load_deployment(self.builder.open().snapshot("HEAD~1")).hub("lab")
 
     def materialize(
-        self, *envs: str, checks: bool = False, tags: dict[str, str] | None = None, checks_only: bool = False
+        self,
+        *envs: str,
+        checks: bool = False,
+        tags: dict[str, str] | None = None,
+        checks_only: bool = False,
+        chain: Chain | None = None,
     ) -> Run:
         envs = envs or ("staging",)
-        assets, asset_checks = hub_assets(self.hub(), default_chain())
+        assets, asset_checks = hub_assets(self.hub(), chain or default_chain())
         keys = [release_key("lab", env) for env in envs]
         if checks_only:
             selection = dg.AssetSelection.checks_for_assets(*keys)

@@ -1,0 +1,101 @@
+"""After the deploy (issue 19): drift detected, and health checked again on a schedule, on the real cluster.
+
+An out-of-band `helm rollback` is reported by the drift check (a warning naming the revision nobody recorded
+and the keys whose values differ, never the values); the watch sensor asks for each deployed release's checks
+once per period; and a hub that breaks after its deploy turns red on the next scheduled evaluation without
+being rolled back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+from services.cluster import tool
+from services.lab import CANARY, Lab
+
+from hubploy_dagster import rollout
+from hubploy_dagster.assets import hub_assets
+from hubploy_dagster.chain import Chain, default_chain
+from hubploy_dagster.record import DeployRecord, Rollback
+from hubploy_dagster.resources import TAG_PURPOSE, DeploymentRepoResource, DockerEngineResource, SopsResource
+from sensors.watch import build_watch_sensor
+
+pytestmark = pytest.mark.integration
+
+
+WATCHED = Chain(default_chain().branches, watch={"staging": "1h"})
+
+
+def test_only_watched_environments_check_drift(lab: Lab):
+    def staging_checks(chain: Chain) -> set[str]:
+        definitions = hub_assets(lab.hub(), chain)[1]
+        return {key.name for d in definitions for key in d.check_keys if key.asset_key.path[-1] == "staging"}
+
+    assert "drift" not in staging_checks(default_chain()) and "drift" in staging_checks(WATCHED)
+
+
+def test_an_out_of_band_rollback_is_reported_as_drift(lab: Lab):
+    lab.push_current_image()
+    first = lab.materialize(checks=True, chain=WATCHED)
+    assert first.checks()["drift"].passed, first.checks()["drift"].description
+    lab.builder.commit("bigger", {"hubs/lab/config/staging.yaml": "jupyterhub:\n  singleuser:\n    cpu: {limit: 2}\n"})
+    second = lab.materialize(checks=True, chain=WATCHED)
+    assert second.checks()["drift"].passed, "a release hubploy made right now has not drifted"
+
+    helm = [tool("helm"), "rollback", "lab-staging", "1", "--namespace", lab.namespace, "--wait"]
+    subprocess.run(helm, env=lab.cluster.helm_env(), check=True, capture_output=True)  # by hand, outside hubploy
+    watched = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"}, chain=WATCHED)
+    drift = watched.checks()["drift"]
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    assert "revision 3 (Rollback to 1) was not made by hubploy, which last deployed revision 2" in drift.description
+    changed = drift.metadata["changed_values"].value
+    assert "jupyterhub.singleuser.cpu" in ",".join(changed), changed
+    assert CANARY not in watched.recorded(), "values are named by their keys, never shown"
+    assert [h["revision"] for h in lab.history()] == [1, 2, 3], "drift is reported, never corrected"
+
+
+def test_the_watch_sensor_asks_for_each_release_s_checks_once_per_period(lab: Lab, monkeypatch: pytest.MonkeyPatch):
+    lab.push_current_image()
+    assert lab.materialize().success
+    clock = [datetime(2026, 12, 1, 10, 5, tzinfo=UTC)]
+    monkeypatch.setattr(rollout, "now", lambda: clock[0])
+    chain = WATCHED
+    assets, checks = hub_assets(lab.hub(), chain)
+    resources = {
+        "deployment_repo": DeploymentRepoResource(source=str(lab.builder.path)),
+        "docker_engine": DockerEngineResource(),
+        "sops": SopsResource(age_key_file=str(lab.age_key)),
+    }
+    defs = dg.Definitions(assets=assets, asset_checks=checks, sensors=[build_watch_sensor(chain)], resources=resources)
+    sensor = defs.resolve_sensor_def("watch_releases")
+
+    def requests() -> list[dg.RunRequest]:
+        context = dg.build_sensor_context(instance=lab.instance, definitions=defs)
+        return list(sensor(context).run_requests or [])
+
+    [request] = requests()
+    assert request.asset_selection == [] and request.tags[TAG_PURPOSE] == "watch"
+    assert {check.name for check in request.asset_check_keys or []} >= {"release_deployed", "workloads_ready", "drift"}
+    clock[0] += timedelta(minutes=30)
+    assert [r.run_key for r in requests()] == [request.run_key], "one run per period"
+    clock[0] += timedelta(hours=1)
+    assert [r.run_key for r in requests()] != [request.run_key], "the next period checks again"
+
+
+def test_a_hub_that_breaks_after_its_deploy_turns_red_and_is_not_rolled_back(lab: Lab, jupyterhub_server):
+    lab.configure(lab.environments(staging_url=jupyterhub_server.url) + "rollback: on-failure\n")
+    lab.push_current_image()
+    deployed = lab.materialize(checks=True)
+    assert deployed.checks()["hub_api"].passed
+    jupyterhub_server.stop()  # the hub breaks later (a node pool change, an expired certificate...)
+    try:
+        watched = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"})
+    finally:
+        jupyterhub_server.start()
+    assert not watched.checks()["hub_api"].passed, "red on the scheduled evaluation"
+    assert watched.checks()["hub_api"].metadata["attempts"].value == 1  # hub_api: retries 0 in the lab's config
+    assert not any(isinstance(f, Rollback) for _, f in DeployRecord(lab.instance).facts("lab", "staging"))
+    assert [h["revision"] for h in lab.history()] == [1], "reported, not rolled back"
