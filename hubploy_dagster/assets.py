@@ -22,7 +22,7 @@ from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.idle import wait_for_idle
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import group_name, hub_pool, image_key, release_key
-from hubploy_dagster.policy import deploy_window, promotion, roll_back, soaking
+from hubploy_dagster.policy import deploy_window, held, promotion, record_holds, roll_back, soaking
 from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, UpgradeFailedError, deploy_hub
@@ -217,6 +217,11 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
         if gate.overridden:
             context.log.warning(f"promoting to {env} although {gate.overridden}: overridden by run tag ({override})")
         rollout = hub_rollout(chain, session.hub, env)
+        rejected = record_holds(record, env, {hub.name: fingerprint}).get(hub.name)
+        if rejected is not None and rejected.kind == "rejected":
+            context.log.warning(f"not deploying {hub.name} to {env}: {rejected.reason}")
+            context.log_event(observation(hub.name, env, held(rejected, sha)))
+            return
         window = deploy_window(context, rollout, hub.name, env, sha)
         if window is None:
             return

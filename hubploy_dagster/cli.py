@@ -303,6 +303,41 @@ def history(
         click.echo(line)
 
 
+@main.command("release-hold")
+@click.argument("hub")
+@click.argument("environment")
+@click.option("--reason", required=True, help="Why the rolled-back configuration may deploy again (recorded).")
+@pass_settings
+@reports_errors
+def release_hold(settings: Settings, hub: str, environment: str, reason: str) -> None:
+    """Let the configuration the last rollback of HUB in ENVIRONMENT held deploy again (Dagster instance)."""
+    from hubploy_dagster.history import open_instance  # Dagster, only here
+    from hubploy_dagster.holds import release_rollback_hold
+    from hubploy_dagster.record import DeployRecord
+
+    by = settings.actor or getpass.getuser()
+    fact = release_rollback_hold(DeployRecord(open_instance()), hub, environment, by, reason)
+    click.echo(f"{hub}\t{environment}\tconfiguration {fact.fingerprint[:12]} may deploy again (released by {by})")
+
+
+@main.command()
+@click.argument("hub")
+@repo_option
+@rev_option
+@click.option("--reason", required=True, help="Why it must never deploy (recorded).")
+@pass_settings
+@reports_errors
+def reject(settings: Settings, hub: str, repo: str, rev: str, reason: str) -> None:
+    """Reject HUB's configuration at --rev: the sensor and the release assets never deploy it, anywhere."""
+    from hubploy_dagster.history import open_instance  # Dagster, only here
+    from hubploy_dagster.holds import reject_configuration
+    from hubploy_dagster.record import DeployRecord
+
+    by = settings.actor or getpass.getuser()
+    fact = reject_configuration(DeployRecord(open_instance()), DeploymentRepo(repo), rev, hub, by, reason)
+    click.echo(f"{hub}\tconfiguration {fact.fingerprint[:12]} rejected everywhere (by {by})")
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of hubploy.yaml (for editors' YAML language servers)."""

@@ -26,6 +26,7 @@ from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResour
 from hubploy_dagster.run_worker import hubs_of_this_run
 from hubploy_dagster.settings import Settings, current
 from jobs.deploy import rollback
+from jobs.holds import reject, release_hold
 from jobs.plan import plan
 from sensors.git_sensor import build_git_sensor
 from sensors.notify import build_failure_sensor
@@ -73,7 +74,7 @@ def build_definitions(
         asset_checks=checks,
         # No job spanning every hub (each would be a copy of the whole graph in the snapshot): the sensor and
         # the UI run the code location's own asset job with the assets they select.
-        jobs=[rollback, plan],
+        jobs=[rollback, plan, release_hold, reject],
         sensors=sensors,
         resources=resources_from_settings(source, settings, chain),
         # A deploy's steps run one after the other anyway (image, release, checks); a process per step cost

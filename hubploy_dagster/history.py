@@ -27,7 +27,7 @@ from hubploy_dagster.checks import CHECK_NAMES
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
 from hubploy_dagster.lineage import PROMOTION_SECONDS
-from hubploy_dagster.record import Held, RefusedPromotion, Release, Rollback, fact_of, values_of
+from hubploy_dagster.record import Held, HoldReleased, RefusedPromotion, Rejected, Release, Rollback, fact_of, values_of
 from hubploy_dagster.repo import DeploymentRepo
 from hubploy_dagster.resources import TAG_GIT_SHA, TAG_SENSOR
 
@@ -53,7 +53,7 @@ class Entry:
     timestamp: float
     hub: str
     env: str
-    event: str  # release | rollback | refused | held
+    event: str  # release | rollback | refused | held | released | rejected
     git_sha: str
     run_id: str
     launched_by: str  # sensor | cli | ui | other | unknown (the run was deleted)
@@ -143,7 +143,13 @@ def _newest(
 def _event_kind(record: dg.EventLogRecord) -> str:
     """Which observations are audit entries: rollbacks, refused promotions and holds (not healthy marks or retries)."""
     fact = fact_of(values_of(record))
-    kinds = {Rollback: "rollback", RefusedPromotion: "refused", Held: "held"}
+    kinds = {
+        Rollback: "rollback",
+        RefusedPromotion: "refused",
+        Held: "held",
+        HoldReleased: "released",
+        Rejected: "rejected",
+    }
     return kinds.get(type(fact), "")
 
 
@@ -223,6 +229,10 @@ def _entry(
         )
     if isinstance(fact, RefusedPromotion):
         return Entry(event=kind, git_sha=fact.git_sha or run_sha, detail=fact.reason, **common)
+    if isinstance(fact, HoldReleased | Rejected):
+        verb = "may deploy again" if isinstance(fact, HoldReleased) else "rejected"
+        detail = f"configuration {fact.fingerprint[:12]} {verb}, by {fact.by}: {fact.reason}"
+        return Entry(event=kind, git_sha=run_sha, detail=detail, **common)
     if isinstance(fact, Held):
         until = f" (until {fact.until})" if fact.until and fact.until not in fact.reason else ""
         return Entry(

@@ -28,7 +28,9 @@ from hubploy_dagster.record import (
     PROMOTION_OVERRIDE,
     DeployRecord,
     Held,
+    HoldReleased,
     RefusedPromotion,
+    Rejected,
     Rollback,
     Superseded,
     observation,
@@ -207,4 +209,24 @@ def roll_back(
         return Rollback("impossible", from_revision=bad, cause=cause)
     log.warning(f"{release}: {reason}: rolling back from {bad or 'the failed revision'} to {target}")
     new_revision = helm_rollback(session, target)
-    return Rollback("done", from_revision=bad, to_revision=target, new_revision=new_revision, cause=cause)
+    fingerprint = session.deployment.fingerprint(session.hub)
+    return Rollback("done", bad, target, new_revision, cause, fingerprint)
+
+
+def record_holds(record: DeployRecord, env: str, fingerprints: dict[str, str]) -> dict[str, rollout.Hold]:
+    """The hubs (name -> configuration at the commit) whose configuration the deploy record holds in `env`:
+    rolled back here (until an operator releases it, or the configuration changes), or rejected."""
+    found = {}
+    for hub, fingerprint in fingerprints.items():
+        released = False
+        for _, fact in record.facts(hub, env):
+            if isinstance(fact, Rejected) and fact.fingerprint == fingerprint:
+                reason = f"configuration {fingerprint[:12]} was rejected by {fact.by}: {fact.reason}"
+                found[hub] = rollout.Hold("rejected", reason)
+                break
+            if isinstance(fact, HoldReleased) and fact.fingerprint == fingerprint:
+                released = True
+            if isinstance(fact, Rollback) and fact.fingerprint == fingerprint and not released and hub not in found:
+                reason = f"configuration {fingerprint[:12]} was rolled back here; release the hold or change it"
+                found[hub] = rollout.Hold("rollback", reason)
+    return found

@@ -33,6 +33,8 @@ ROLLBACK = "rollback"
 PROMOTION = "promotion"
 SUPERSEDED_BY = "superseded_by"
 HELD = "held"
+HOLD_RELEASED = "hold_released"
+REJECTED = "rejected"
 LAUNCHED_BY = "launched_by"  # on CLI deploys, which have no run to carry tags
 DEPLOYED_BY = "deployed_by"  # who ran a CLI deploy (HUBPLOY_ACTOR, else the login name)
 PROMOTION_OVERRIDE = "promotion_override"
@@ -97,13 +99,15 @@ class Rollback:
     to_revision: int | None = None
     new_revision: int | None = None
     cause: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""  # the configuration rolled away from: the sensor holds it (`policy.record_holds`)
 
     def metadata(self) -> dict[str, Any]:
         source = {} if self.state == "manual" else {"from_revision": self.from_revision}
         target = (
             {} if self.state == "impossible" else {"to_revision": self.to_revision, "new_revision": self.new_revision}
         )
-        return {ROLLBACK: self.state, **source, **target, **self.cause}
+        held = {FINGERPRINT: self.fingerprint} if self.fingerprint else {}
+        return {ROLLBACK: self.state, **source, **target, **self.cause, **held}
 
     def summary(self) -> str:
         """`revision 3 -> 2 (now revision 4)`; `manual` for the rollback job; a failed upgrade has no revision."""
@@ -156,7 +160,31 @@ class Held:
         return {HELD: self.kind, "reason": self.reason, "until": self.until, GIT_SHA: self.git_sha}
 
 
-Fact = Healthy | Rollback | RefusedPromotion | Superseded | Held
+@dataclass(frozen=True)
+class HoldReleased:
+    """An operator let the sensor deploy a configuration again that a rollback held."""
+
+    fingerprint: str
+    by: str
+    reason: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {HOLD_RELEASED: self.fingerprint, "by": self.by, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An operator rejected a configuration of the hub: it is deployed nowhere, ever."""
+
+    fingerprint: str
+    by: str
+    reason: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {REJECTED: self.fingerprint, "by": self.by, "reason": self.reason}
+
+
+Fact = Healthy | Rollback | RefusedPromotion | Superseded | Held | HoldReleased | Rejected
 
 
 def observation(hub: str, env: str, fact: Fact) -> dg.AssetObservation:
@@ -178,11 +206,16 @@ def fact_of(values: Mapping[str, Any]) -> Fact | None:
             to_revision=values.get("to_revision"),
             new_revision=values.get("new_revision"),
             cause={key: str(values[key]) for key in ROLLBACK_CAUSES if values.get(key)},
+            fingerprint=str(values.get(FINGERPRINT, "")),
         )
     if values.get(PROMOTION) == "refused":
         return RefusedPromotion(str(values["reason"]), str(values.get(GIT_SHA, "")), str(values.get(FINGERPRINT, "")))
     if SUPERSEDED_BY in values:
         return Superseded(str(values[SUPERSEDED_BY]), str(values.get(GIT_SHA, "")))
+    if HOLD_RELEASED in values:
+        return HoldReleased(str(values[HOLD_RELEASED]), str(values.get("by", "")), str(values.get("reason", "")))
+    if REJECTED in values:
+        return Rejected(str(values[REJECTED]), str(values.get("by", "")), str(values.get("reason", "")))
     if HELD in values:
         return Held(
             str(values[HELD]), str(values["reason"]), str(values.get("until", "")), str(values.get(GIT_SHA, ""))

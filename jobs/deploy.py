@@ -8,7 +8,7 @@ Thin by design: the job runs the library's `helm rollback` with the hub's cluste
 import dagster as dg
 from pydantic import Field
 
-from hubploy_dagster.record import Rollback, observation
+from hubploy_dagster.record import DeployRecord, Rollback, observation
 from hubploy_dagster.resources import DeploymentRepoResource, SopsResource
 from hubploy_dagster.rollback import helm_rollback
 from hubploy_dagster.session import HubSession
@@ -27,8 +27,9 @@ def rollback_hub(
     repo = deployment_repo.open()
     sha = repo.resolve(deployment_repo.branch(config.env))
     session = HubSession.at(repo, sha, config.hub, config.env, sops.sops(), context.log.info)
+    replaced = DeployRecord(context.instance).deployed_fingerprints([config.hub], config.env).get(config.hub, "")
     new_revision = helm_rollback(session, config.revision)
-    manual = Rollback("manual", to_revision=config.revision, new_revision=new_revision)
+    manual = Rollback("manual", to_revision=config.revision, new_revision=new_revision, fingerprint=replaced)
     context.log_event(observation(config.hub, config.env, manual))
 
 

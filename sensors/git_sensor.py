@@ -18,7 +18,7 @@ from hubploy_dagster import settings
 from hubploy_dagster.chain import Chain
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
-from hubploy_dagster.policy import awaiting_promotion, held, soaking, wave_holds, window_holds
+from hubploy_dagster.policy import awaiting_promotion, held, record_holds, soaking, wave_holds, window_holds
 from hubploy_dagster.record import DeployRecord, observation
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
 from hubploy_dagster.resources import TAG_BRANCH, TAG_CLUSTER, TAG_ENV, TAG_GIT_SHA, TAG_HUB
@@ -100,6 +100,7 @@ def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> d
                 wave_holds(record, chain, env, list(candidates), changed, move.fingerprints)
                 | window_holds(chain, env, candidates)
                 | {hub: soak.hold for hub, soak in soaks.items()}
+                | record_holds(record, env, {hub: move.fingerprints[hub] for hub in candidates})
             )
             for hub, hold in holds.items():
                 note_hold(context, record, f"{branch}@{new[:7]}", hub, env, new, hold)

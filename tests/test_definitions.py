@@ -47,7 +47,13 @@ def test_every_hub_on_either_branch_has_its_assets(two_hub_repo: RepoBuilder):
     }
     # no job spans every hub (each would copy the whole graph into the snapshot): only the code location's
     # own asset job, which runs whatever assets a run selects, and the two operator jobs
-    assert {job.name for job in defs.resolve_all_job_defs()} == {"__ASSET_JOB", "rollback", "plan"}
+    assert {job.name for job in defs.resolve_all_job_defs()} == {
+        "__ASSET_JOB",
+        "rollback",
+        "plan",
+        "release_hold",
+        "reject",
+    }
     assert defs.resolve_sensor_def("git_branches").targets == []
 
 

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from click.testing import CliRunner
 from services.lab import Lab
 from services.repos import RepoBuilder, hub_files
 from services.ticker import Ticker, head
 
 from hubploy_dagster import policy, rollout
+from hubploy_dagster.cli import main
 from hubploy_dagster.config import RolloutSettings, load_hubploy_config
+from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError
-from hubploy_dagster.record import DeployRecord, Held, RefusedPromotion
+from hubploy_dagster.holds import reject_configuration
+from hubploy_dagster.record import DeployRecord, Held, RefusedPromotion, Rejected, Rollback, observation
 from hubploy_dagster.resources import TAG_CLUSTER, TAG_SENSOR
 from sensors.git_sensor import build_git_sensor
 
@@ -236,3 +241,45 @@ def test_a_prod_run_during_the_soak_is_refused_unless_overridden(lab: Lab):
     assert isinstance(fact, RefusedPromotion) and "is not promoted yet" in fact.reason and "soaking 1h" in fact.reason
     forced = lab.materialize("prod", tags={"promotion_override": "alice: the soak is not needed for this fix"})
     assert forced.success and "lab/prod" in forced.materialized()
+
+
+def test_a_rolled_back_configuration_is_held_until_released_and_a_rejected_one_never_deploys(
+    two_hub_repo: RepoBuilder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Rollback holds and rejections (issue 19): a failed upgrade's rollback recorded, then the CLI's
+    `release-hold` and `reject` on the same Dagster instance the sensor reads."""
+    two_hub_repo.branch("prod")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    ticker = Ticker(two_hub_repo)
+    ticker.instance = dg.DagsterInstance.get()
+    sha = head(two_hub_repo)
+    deployment = load_deployment(two_hub_repo.open().snapshot(sha))
+    rolled_back = Rollback("done", None, 1, 2, {"failed_upgrade": "x"}, deployment.fingerprint(deployment.hub("alpha")))
+    ticker.instance.report_runless_asset_event(observation("alpha", "staging", rolled_back))
+    runner = CliRunner(env={"HUBPLOY_ACTOR": "alice"})
+    rejected = runner.invoke(main, ["reject", "beta", "--repo", str(two_hub_repo.path), "--reason", "leaks a token"])
+    assert rejected.exit_code == 0 and "rejected everywhere (by alice)" in rejected.stdout, rejected.output
+
+    assert ticker.tick()[0] == [], "the rolled-back configuration is held, the rejected one never deploys"
+    assert (held_facts(ticker, "alpha")[0].kind, held_facts(ticker, "beta")[0].kind) == ("rollback", "rejected")
+    released = runner.invoke(main, ["release-hold", "alpha", "staging", "--reason", "the registry is back"])
+    assert released.exit_code == 0, released.output
+    assert ticker.tick()[0] == [("alpha", "staging", sha)], "released: it deploys; the rejected one still not"
+    assert any(
+        isinstance(f, Rejected) and f.by == "alice" for _, f in DeployRecord(ticker.instance).facts("beta", "prod")
+    )
+    bump = two_hub_repo.commit("chart bump", {"chart/values.yaml": "jupyterhub: {bumped: true}\n"})
+    assert ticker.tick()[0] == [("alpha", "staging", bump), ("beta", "staging", bump)], "new configurations deploy"
+    nothing = runner.invoke(main, ["release-hold", "beta", "prod", "--reason", "?"])
+    assert nothing.exit_code == 1 and "no rollback of hub beta in prod holds a configuration" in nothing.output
+
+
+def test_a_release_of_a_rejected_configuration_is_refused(lab: Lab):
+    lab.push_current_image()
+    record = DeployRecord(lab.instance)
+    reject_configuration(record, lab.builder.open(), "HEAD", "lab", "bob", "breaks the proxy")
+    run = lab.materialize("staging")
+    assert run.success and "lab/staging" not in run.materialized() and not lab.release_exists()
+    fact = record.latest_fact("lab", "staging")
+    assert isinstance(fact, Held) and fact.kind == "rejected" and "rejected by bob: breaks the proxy" in fact.reason

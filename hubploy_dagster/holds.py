@@ -1,0 +1,39 @@
+"""What an operator decides about held configurations: let a rolled-back one deploy again, or reject one.
+
+After a rollback the sensor does not deploy the rolled-back configuration of that hub and environment again
+(`policy.record_holds`) until its configuration changes or an operator releases the hold; a rejected
+configuration is deployed nowhere, by the sensor or by hand. Both decisions are facts on the hub's release
+assets, with who made them and why, so the UI and `hubploy history` show them. The `hubploy release-hold` and
+`hubploy reject` commands and the jobs of the same names (jobs/holds.py) call these.
+"""
+
+from __future__ import annotations
+
+from hubploy_dagster.chain import load_chain
+from hubploy_dagster.deployment import load_deployment
+from hubploy_dagster.errors import HubployError
+from hubploy_dagster.record import DeployRecord, HoldReleased, Rejected, Rollback, observation
+from hubploy_dagster.repo import DeploymentRepo
+from hubploy_dagster.settings import current
+
+
+def release_rollback_hold(record: DeployRecord, hub: str, env: str, by: str, reason: str) -> HoldReleased:
+    """Let the configuration the newest rollback of `hub` in `env` rolled away from deploy again."""
+    rollback = next((f for _, f in record.facts(hub, env) if isinstance(f, Rollback) and f.fingerprint), None)
+    if rollback is None:
+        raise HubployError(f"no rollback of hub {hub} in {env} holds a configuration: nothing to release")
+    fact = HoldReleased(rollback.fingerprint, by, reason)
+    record.instance.report_runless_asset_event(observation(hub, env, fact))
+    return fact
+
+
+def reject_configuration(
+    record: DeployRecord, repo: DeploymentRepo, rev: str, hub: str, by: str, reason: str
+) -> Rejected:
+    """Reject the configuration `hub` has at `rev`, in every environment of the repository's chain there."""
+    snapshot = repo.snapshot(rev)
+    deployment = load_deployment(snapshot)
+    fact = Rejected(deployment.fingerprint(deployment.hub(hub)), by, reason)
+    for env in load_chain(snapshot, current().branches).names:
+        record.instance.report_runless_asset_event(observation(hub, env, fact))
+    return fact
