@@ -311,6 +311,15 @@ class HealthSettings(Strict):
     )
 
 
+class Owners(Strict):
+    names: list[NonEmpty] = Field(default_factory=list, description="Who owns the hub: named in its notifications")
+    webhook: NonEmpty | None = Field(
+        None,
+        description="Slack-style incoming webhook for this hub's failed deploys, rollbacks, refused promotions, "
+        "holds and drift (besides HUBPLOY_WEBHOOK_URL)",
+    )
+
+
 class SecretsSettings(Strict):
     encryption: Literal["sops", "external"] = Field(
         "sops",
@@ -336,6 +345,7 @@ class HubployConfig(Strict):
     health: HealthSettings = HealthSettings()
     rollback: Literal["never", "on-failure"] = "never"
     secrets: SecretsSettings = SecretsSettings()
+    owners: Owners = Owners()
 
     @model_validator(mode="after")
     def _environment_names(self) -> HubployConfig:

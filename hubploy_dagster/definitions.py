@@ -29,7 +29,7 @@ from jobs.deploy import rollback
 from jobs.holds import reject, release_hold
 from jobs.plan import plan
 from sensors.git_sensor import build_git_sensor
-from sensors.notify import build_failure_sensor
+from sensors.notify import build_event_notifier, build_failure_sensor
 from sensors.watch import build_watch_sensor
 
 
@@ -64,9 +64,11 @@ def build_definitions(
         hub_asset_list, hub_checks = hub_assets(hub, chain)
         assets += hub_asset_list
         checks += hub_checks
+    owners = {hub.name: hub.config.owners for hub in hubs}
     sensors = [
         build_git_sensor(source, chain, settings.sensor_interval),
-        build_failure_sensor(settings.webhook_url, settings.webserver_url),
+        build_failure_sensor(settings.webhook_url, settings.webserver_url, owners),
+        build_event_notifier(settings.webhook_url, owners, settings.sensor_interval),
         *([build_watch_sensor(chain)] if chain.watch else []),
     ]
     return dg.Definitions(

@@ -1,14 +1,39 @@
-"""Tell people when a deploy fails: a message to a webhook in the format Slack incoming webhooks accept.
+"""Tell people what happened: failed deploys, rollbacks, refused promotions, holds and drift, to webhooks.
 
-Nothing is posted without a configured webhook. The message names hub, environment, commit and failing
-step and links the run; it never quotes the error, which could carry values from a failed command.
+Messages go to the global webhook (HUBPLOY_WEBHOOK_URL) and to the webhook of the hub's owners (`owners` in its
+hubploy.yaml), in the format Slack incoming webhooks accept, naming the owners. Nothing is posted without a
+webhook. A message names hub, environment, commit and what happened, and links the run; it never quotes an
+error, which could carry values from a failed command: only the deploy record's own words (check names,
+revisions, the reasons hubploy wrote).
 """
+
+from collections.abc import Mapping
 
 import dagster as dg
 import httpx
 
+from hubploy_dagster.config import Owners
 from hubploy_dagster.lineage import run_url
+from hubploy_dagster.record import Held, RefusedPromotion, Rejected, Rollback, fact_of, values_of
 from hubploy_dagster.resources import TAG_ENV, TAG_GIT_SHA, TAG_HUB
+
+PAGE = 200
+
+
+def recipients(webhook_url: str | None, owners: Mapping[str, Owners], hub: str) -> list[str]:
+    """The global webhook and the hub owners' one (each once)."""
+    hub_webhook = owners[hub].webhook if hub in owners else None
+    return list(dict.fromkeys(url for url in (webhook_url, hub_webhook) if url))
+
+
+def _owners(owners: Mapping[str, Owners], hub: str) -> str:
+    names = owners[hub].names if hub in owners else []
+    return f" (owners: {', '.join(names)})" if names else ""
+
+
+def post(urls: list[str], text: str) -> None:
+    for url in urls:
+        httpx.post(url, json={"text": text}, timeout=10).raise_for_status()
 
 
 def failure_message(run: dg.DagsterRun, failed_steps: list[str], webserver_url: str | None) -> dict[str, str]:
@@ -20,17 +45,89 @@ def failure_message(run: dg.DagsterRun, failed_steps: list[str], webserver_url: 
     return {"text": text}
 
 
-def build_failure_sensor(webhook_url: str | None, webserver_url: str | None) -> dg.SensorDefinition:
+def build_failure_sensor(
+    webhook_url: str | None, webserver_url: str | None, owners: Mapping[str, Owners] | None = None
+) -> dg.SensorDefinition:
+    owners = owners or {}
+
     @dg.run_failure_sensor(
         name="notify_deploy_failures",
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Posts failed deploys to the configured webhook (HUBPLOY_WEBHOOK_URL)",
+        description="Posts failed deploys to the global webhook (HUBPLOY_WEBHOOK_URL) and the hub owners' one",
     )
     def notify_deploy_failures(context: dg.RunFailureSensorContext) -> None:
-        if not webhook_url:
+        hub = context.dagster_run.tags.get(TAG_HUB, "")
+        urls = recipients(webhook_url, owners, hub)
+        if not urls:
             return
         failed = [event.step_key for event in context.get_step_failure_events() if event.step_key]
-        response = httpx.post(webhook_url, json=failure_message(context.dagster_run, failed, webserver_url), timeout=10)
-        response.raise_for_status()
+        text = failure_message(context.dagster_run, failed, webserver_url)["text"] + _owners(owners, hub)
+        post(urls, text)
 
     return notify_deploy_failures
+
+
+def event_message(hub: str, env: str, record: dg.EventLogRecord) -> str | None:
+    """The message for a deploy-record fact or a failed drift check worth telling people about, if any."""
+    where = f"*{hub}* in *{env}*"
+    event = record.event_log_entry.dagster_event
+    evaluation = event.event_specific_data if event is not None else None
+    if isinstance(evaluation, dg.AssetCheckEvaluation):
+        if evaluation.check_name == "drift" and not evaluation.passed:
+            return f":warning: {where} drifted from its commit: {evaluation.description or 'see the check'}"
+        return None
+    fact = fact_of(values_of(record))
+    if isinstance(fact, Rollback):
+        return f":rewind: {where} rolled back: {fact.summary()} ({fact.reason() or fact.state})"
+    if isinstance(fact, RefusedPromotion):
+        return f":no_entry: promotion of {where} refused: {fact.reason}"
+    if isinstance(fact, Held):
+        return f":hourglass: deploy of {where} at `{fact.git_sha[:7]}` held ({fact.kind}): {fact.reason}"
+    if isinstance(fact, Rejected):
+        return f":no_entry_sign: configuration {fact.fingerprint[:12]} of *{hub}* rejected by {fact.by}: {fact.reason}"
+    return None
+
+
+def build_event_notifier(
+    webhook_url: str | None, owners: Mapping[str, Owners], interval_seconds: int = 30
+) -> dg.SensorDefinition:
+    """Posts new rollbacks, refused promotions, holds, rejections and drift as the deploy record gets them."""
+
+    @dg.sensor(
+        name="notify_deploy_events",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Posts rollbacks, refused promotions, holds and drift to the global and the owners' webhooks",
+    )
+    def notify_deploy_events(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        storage = context.instance.event_log_storage
+        kinds = (dg.DagsterEventType.ASSET_OBSERVATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        if context.cursor is None:  # a new instance or sensor: only what happens from now on
+            newest = [storage.get_event_records(dg.EventRecordsFilter(kind), limit=1) for kind in kinds]
+            context.update_cursor(str(max((r[0].storage_id for r in newest if r), default=0)))
+            return dg.SkipReason("started: events from now on are posted")
+        cursor, posted = int(context.cursor), 0
+        records = [
+            r
+            for kind in kinds
+            for r in storage.get_event_records(
+                dg.EventRecordsFilter(kind, after_cursor=cursor), limit=PAGE, ascending=True
+            )
+        ]
+        for record in sorted(records, key=lambda r: r.storage_id):
+            cursor = max(cursor, record.storage_id)
+            event = record.event_log_entry.dagster_event
+            data = event.event_specific_data if event is not None else None
+            key = data.asset_key if isinstance(data, dg.AssetCheckEvaluation) else record.asset_key
+            if key is None or len(key.path) != 2:
+                continue
+            hub, env = key.path
+            text = event_message(hub, env, record)
+            urls = recipients(webhook_url, owners, hub) if text else []
+            if text and urls:
+                post(urls, text + _owners(owners, hub))
+                posted += 1
+        context.update_cursor(str(cursor))
+        return dg.SkipReason(f"posted {posted} message(s)")
+
+    return notify_deploy_events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -10,11 +11,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import dagster as dg
 import pytest
 
-from sensors.notify import build_failure_sensor
+from hubploy_dagster.config import Owners
+from hubploy_dagster.record import Held, RefusedPromotion, Rollback, observation
+from sensors.notify import build_event_notifier, build_failure_sensor
 
 
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
+@contextlib.contextmanager
+def receiver() -> Iterator[tuple[str, list[dict]]]:
     """A local HTTP server standing in for Slack: it records what is posted."""
     received: list[dict] = []
 
@@ -35,6 +38,19 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
     yield f"http://127.0.0.1:{server.server_port}/services/T000/B000/XXXX", received
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    with receiver() as found:
+        yield found
+
+
+@pytest.fixture
+def owners_webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A second receiver: the webhook of one hub's owners."""
+    with receiver() as found:
+        yield found
 
 
 def failed_run(instance: dg.DagsterInstance) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
@@ -80,3 +96,52 @@ def test_nothing_is_posted_without_a_webhook(webhook):
     )
     sensor(context.for_run_failure())
     assert received == []
+
+
+def test_failures_rollbacks_refusals_holds_and_drift_reach_the_owners_and_the_global_webhook(webhook, owners_webhook):
+    url, received = webhook
+    owners_url, owners_received = owners_webhook
+    owners = {"alpha": Owners(names=["alice", "@data-team"], webhook=owners_url)}
+    instance = dg.DagsterInstance.ephemeral()
+    run, event = failed_run(instance)
+    failures = build_failure_sensor(url, None, owners)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=failures.name, dagster_event=event, dagster_instance=instance, dagster_run=run
+    )
+    failures(context.for_run_failure())
+    assert [p["body"]["text"] for p in received] == [p["body"]["text"] for p in owners_received]
+    assert "(owners: alice, @data-team)" in received[0]["body"]["text"]
+
+    notifier = build_event_notifier(url, owners)
+    cursor = run_notifier(notifier, instance, None)  # the first evaluation posts nothing of the past
+    received.clear()
+    owners_received.clear()
+    for hub, fact in (
+        ("alpha", Rollback("done", 3, 2, 4, {"failed_checks": "hub_api"}, "f" * 64)),
+        ("alpha", RefusedPromotion("never passed its staging checks", "a" * 40, "f" * 64)),
+        ("alpha", Held("window", "inside the deny window", "2026-12-01 17:00 UTC", "a" * 40)),
+        ("beta", Held("soak", "soaking 2h", "", "b" * 40)),
+    ):
+        instance.report_runless_asset_event(observation(hub, "staging", fact))
+    drift = dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(["alpha", "prod"]),
+        check_name="drift",
+        passed=False,
+        description="alpha-prod drifted: revision 5 (Upgrade complete) was not made by hubploy",
+    )
+    instance.report_runless_asset_event(drift)
+    cursor = run_notifier(notifier, instance, cursor)
+    texts = [p["body"]["text"] for p in received]
+    assert ":warning: *alpha* in *prod* drifted from its commit: alpha-prod drifted: revision 5" in texts[-1]
+    texts = texts[:-1]
+    assert len(texts) == 4 and "rolled back: revision 3 -> 2 (now revision 4) (failed checks: hub_api)" in texts[0]
+    assert "promotion of *alpha* in *staging* refused" in texts[1] and "held (window)" in texts[2]
+    assert [p["body"]["text"] for p in owners_received][:3] == texts[:3], "beta has no owners' webhook"
+    assert run_notifier(notifier, instance, cursor) == cursor and len(received) == 5, "each event once"
+
+
+def run_notifier(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None) -> str:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    sensor(context)
+    assert context.cursor is not None
+    return context.cursor
