@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 import jupyter_server
 import jupyterhub
 import pytest
+from services.http_stub import serving
 from services.jupyterhub import FAILING_SPAWN_PREFIX, JupyterHubServer
 
 from hubploy_dagster.health_api import DEFAULT_TEST_USER, CheckOutcome, check_hub_api, check_test_user
@@ -261,15 +262,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echo_url() -> Iterator[str]:
-    handler = type("EchoHandler", (_EchoHandler,), {})  # its own user_created flag
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("EchoHandler", (_EchoHandler,), {})) as url:  # its own user_created flag
+        yield url
 
 
 def test_a_hub_that_echoes_the_token_has_it_masked(echo_url: str, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,12 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from services.http_stub import serving
 from services.jupyterhub import JupyterHubServer
 from services.lab import Lab
 from services.repos import CHART_FILES, RepoBuilder, hub_files
@@ -226,14 +227,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echo_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_EchoHandler) as url:
+        yield url
 
 
 def test_a_hub_that_echoes_the_token_has_it_masked_and_is_asked_again(

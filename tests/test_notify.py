@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import dagster as dg
 import pytest
+from services.http_stub import serving
 
 from hubploy_dagster.config import Owners
 from hubploy_dagster.record import Held, RefusedPromotion, Rollback, observation
@@ -32,12 +32,8 @@ def receiver() -> Iterator[tuple[str, list[dict]]]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/services/T000/B000/XXXX", received
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield f"{url}/services/T000/B000/XXXX", received
 
 
 @pytest.fixture
