@@ -1,0 +1,122 @@
+"""Per-cluster concurrency: two hubs of one cluster with a limit of one never upgrade at the same time.
+
+The project's dagster.yaml limits deploys per cluster with a tag concurrency limit on the run tag `cluster` (the
+identity of the hub's `cluster` block; `current-context` for hubs without one, as both hubs here). Here a real
+daemon queues the git sensor's runs, on the project's dagster.yaml with only that limit changed: 1, and then 2 to
+show that the first assertion means something (the same two deploys do overlap when the limit lets them).
+
+Dagster runs as in production, its code server, webserver and daemon as separate processes
+(tests/services/dagster_split.py); the deploys are real (git, Docker engine, registry, helm) on the local control
+plane (tests/services/cluster.py), started by the git sensor from one push, observed over GraphQL. Each hub's pod
+becomes ready only SLOW_START after it is scheduled, so each deploy's `helm upgrade --wait` takes that long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from services.registry import remove_local_images
+from services.repos import PROJECT_ROOT, RepoBuilder
+from test_end_to_end import DEMO_KEY, push, slow_start, write_hubs
+
+from hubploy_dagster.resources import TAG_CLUSTER
+
+pytestmark = pytest.mark.integration
+
+HUBS = ("datahub", "research")  # the bundled example hubs: no `cluster` block, so one cluster
+CLUSTER = "current-context"
+SLOW_START = 8  # seconds each hub pod takes to become ready
+WAIT_S = 300.0
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def concurrency(cluster_limit: int) -> dict[str, Any]:
+    """The project's dagster.yaml `concurrency` section, its per-cluster limit set to `cluster_limit`."""
+    settings = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]
+    runs = settings["runs"]
+    [entry] = [limit for limit in runs["tag_concurrency_limits"] if limit["key"] == TAG_CLUSTER]
+    assert entry["value"] == {"applyLimitPerUniqueValue": True}, entry  # a limit per cluster, not one for all
+    entry["limit"] = cluster_limit
+    runs["max_concurrent_runs"] = 4  # the limit, not the queue's size, is what holds a run back
+    return settings
+
+
+@pytest.mark.parametrize(
+    ("cluster_limit", "overlap"), [(1, False), (2, True)], ids=["limit-1-one-at-a-time", "limit-2-overlap"]
+)
+def test_two_hubs_of_one_cluster_never_upgrade_at_once_with_a_limit_of_one(
+    cluster_limit: int,
+    overlap: bool,
+    repo_builder: RepoBuilder,
+    registry,
+    k8s_cluster,
+    chart_cache: Path,
+    dagster_split,
+    tmp_path: Path,
+):
+    image_prefix = f"{registry.host}/cluster-limit-{uuid.uuid4().hex[:8]}"
+    namespaces = {
+        (hub, env): k8s_cluster.new_namespace_name(f"cl-{hub}-{env}") for hub in HUBS for env in ("staging", "prod")
+    }
+    write_hubs(repo_builder, image_prefix, namespaces, hubs=HUBS)
+    for hub in HUBS:
+        slow_start(repo_builder.path / f"hubs/{hub}/config/staging.yaml", f"{SLOW_START}s")
+    sha = repo_builder.commit("two hubs of one cluster")
+    origin = tmp_path / "deployment.git"
+    subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=staging", str(origin)], check=True)
+    env = k8s_cluster.helm_env()
+    env |= {
+        "HUBPLOY_REPO": str(origin),
+        "HUBPLOY_SENSOR_INTERVAL": "2",
+        "SOPS_AGE_KEY_FILE": str(DEMO_KEY),
+        "HUBPLOY_CHART_CACHE": str(chart_cache),
+        "HUBPLOY_BUILD_ARGS": "BASE_IMAGE=hubploy-dagster/base:busybox",
+    }
+    with contextlib.ExitStack() as stack:
+        stack.callback(remove_local_images, image_prefix)
+        # Only staging is pushed: the two staging deploys are the only runs.
+        push(repo_builder, origin, "staging:refs/heads/staging")
+        dagster = dagster_split.start(env, instance={"concurrency": concurrency(cluster_limit)})
+        dev = dagster.webserver
+
+        def finished() -> list[dict[str, Any]] | None:
+            found = [dev.runs({"hub": hub, "env": "staging", "git_sha": sha}) for hub in HUBS]
+            if any(not runs or any(r["status"] not in FINISHED for r in runs) for runs in found):
+                return None
+            return [run for runs in found for run in runs]
+
+        runs = dev.wait_for("both hubs' staging deploys to finish", finished, WAIT_S)
+        assert len(runs) == len(HUBS) and len(dev.runs()) == len(HUBS), dev.diagnostics()
+        for run in runs:
+            assert run["status"] == "SUCCESS", dev.diagnostics([run["runId"]])
+            assert run["tags"][TAG_CLUSTER] == CLUSTER, run["tags"]
+            # Slow indeed: the release step waited for the hub pod that long (helm upgrade --wait).
+            hub = run["tags"]["hub"]
+            [release] = [m for m in dev.materializations(f"{hub}/staging") if m["runId"] == run["runId"]]
+            assert release["metadata"]["duration_seconds"] >= SLOW_START, release
+        # Both requested by one sensor tick (one push): both queued together, from the start.
+        ids = {run["runId"] for run in runs}
+        ticks = dev.sensor_ticks(limit=20, statuses=["SUCCESS"])
+        assert any(set(tick["runIds"]) == ids for tick in ticks), ticks
+
+        first, second = sorted(runs, key=lambda run: run["startTime"])
+        origin_time = min(run["creationTime"] for run in runs)
+        timeline = {
+            run["tags"]["hub"]: {k: round(run[k] - origin_time, 2) for k in ("creationTime", "startTime", "endTime")}
+            for run in (first, second)
+        }
+        print(f"cluster limit {cluster_limit}: seconds after the first run was queued: {timeline}")
+        # The second deploy was requested while the first was still going ...
+        assert second["creationTime"] < first["endTime"], timeline
+        if overlap:
+            # ... and, with room for two deploys on the cluster, went at the same time.
+            assert second["startTime"] < first["endTime"], timeline
+        else:
+            # ... and waited in the queue until the first had ended.
+            assert second["startTime"] >= first["endTime"], timeline
