@@ -9,17 +9,25 @@ the git sensor's run in a container of its own.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
-from collections.abc import Iterator
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import dagster as dg
 import docker
@@ -30,11 +38,12 @@ from dagster._config import process_config, resolve_to_config_type
 from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG, DOCKER_IMAGE_TAG
 from dagster_k8s import K8sRunLauncher
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+from docker.models.containers import Container
 from kubernetes import client
 from services.cluster import free_port, tool
-from services.lab import Lab
+from services.lab import CANARY, Lab
 from services.postgres import PostgresServer
-from services.repos import PROJECT_ROOT
+from services.repos import PROJECT_ROOT, new_age_key
 
 from hubploy_dagster.keys import release_key
 
@@ -201,7 +210,7 @@ def test_code_image_holds_the_package_and_the_pinned_tools(code_image: str):
 
 
 @contextlib.contextmanager
-def code_server(image: str, environment: dict[str, str], volumes: list[str]) -> Iterator[int]:
+def code_server(image: str, environment: dict[str, str], volumes: list[str]) -> Iterator[tuple[int, Container]]:
     """The code location served from the image's own command, on the host network and a free port."""
     client = docker.from_env()
     port = free_port()
@@ -215,7 +224,7 @@ def code_server(image: str, environment: dict[str, str], volumes: list[str]) -> 
         volumes=volumes,
     )
     try:
-        yield port
+        yield port, container
     finally:
         container.remove(force=True)
         client.close()
@@ -259,32 +268,46 @@ def wait_for_finished_run(instance: dg.DagsterInstance, hub: str, diagnostics: P
                 f"{diagnostics.read_text(errors='replace')[-4000:]}")  # fmt: skip
 
 
-def remove_run_containers(run_ids: list[str]) -> str:
-    """Remove the run containers (DockerRunLauncher leaves them); returns their logs for failure messages."""
+def run_containers(run_ids: list[str]) -> list[Container]:
+    """The containers DockerRunLauncher started for these runs (it leaves them, stopped, when they end)."""
     client = docker.from_env()
-    logs = []
     try:
-        for run_id in run_ids:
-            for container in client.containers.list(all=True, filters={"label": f"dagster/run_id={run_id}"}):
-                logs.append(container.logs().decode(errors="replace"))
-                container.remove(force=True)
+        return [
+            container
+            for run_id in run_ids
+            for container in client.containers.list(all=True, filters={"label": f"dagster/run_id={run_id}"})
+        ]
     finally:
         client.close()
-    return "\n".join(logs)
 
 
-@pytest.mark.integration
-def test_docker_run_launcher_deploys_a_hub_from_a_container(
+@dataclass
+class DockerDeploy:
+    """A finished run of the production topology, before anything is removed: the instance that recorded it,
+    the code server's container (still running), the run containers (stopped) and the daemon's log file."""
+
+    run: dg.DagsterRun
+    reader: dg.DagsterInstance
+    server: Container
+    containers: list[Container]
+    daemon_log: Path
+
+    def run_logs(self) -> str:
+        return "\n".join(container.logs().decode(errors="replace") for container in self.containers)
+
+
+@contextlib.contextmanager
+def docker_deploy(
     lab: Lab, code_image: str, dagster_db: dict[str, str], chart_cache: Path, tmp_path: Path
-):
+) -> Iterator[DockerDeploy]:
     """The production topology on one Docker host: code server container, daemon, one container per run.
 
     The git sensor (in the code server) requests the staging deploy of the new hub; the queued coordinator and
     the daemon launch it with DockerRunLauncher; the run container deploys with helm to the test cluster and
-    records the release in the shared PostgreSQL storage.
+    records the release in the shared PostgreSQL storage. Yields once the run finished and the daemon stopped;
+    the run containers are removed when the block ends.
     """
     lab.push_current_image()  # the run finds the image in the registry: it deploys without a build
-    sha = lab.builder.repo.head.commit.hexsha
     repository = tmp_path / "deployment.git"
     subprocess.run(["git", "clone", "--quiet", "--bare", str(lab.builder.path), str(repository)], check=True)
 
@@ -310,28 +333,307 @@ def test_docker_run_launcher_deploys_a_hub_from_a_container(
     workspace = load_yaml(DEPLOY / "docker" / "workspace.yaml")
 
     reader = dg.DagsterInstance.from_config(str(home))
-    run_ids: list[str] = []
     try:
-        with code_server(code_image, environment, volumes) as port:
+        with code_server(code_image, environment, volumes) as (port, server):
             workspace["load_from"][0]["grpc_server"]["port"] = port
             (home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
             with daemon(home, {**os.environ, **environment}) as log:
                 run = wait_for_finished_run(reader, "lab", log)
-        run_ids = [r.run_id for r in reader.get_runs(dg.RunsFilter(tags={"hub": "lab"}))]
-        logs = remove_run_containers(run_ids)
+            run_ids = [r.run_id for r in reader.get_runs(dg.RunsFilter(tags={"hub": "lab"}))]
+            yield DockerDeploy(run, reader, server, run_containers(run_ids), log)
+    finally:
+        try:
+            for container in run_containers([r.run_id for r in reader.get_runs(dg.RunsFilter(tags={"hub": "lab"}))]):
+                container.remove(force=True)
+        finally:
+            reader.dispose()
+
+
+@pytest.mark.integration
+def test_docker_run_launcher_deploys_a_hub_from_a_container(
+    lab: Lab, code_image: str, dagster_db: dict[str, str], chart_cache: Path, tmp_path: Path
+):
+    """The production topology on one Docker host (docker_deploy) deploys the new hub and records the release."""
+    sha = lab.builder.repo.head.commit.hexsha
+    with docker_deploy(lab, code_image, dagster_db, chart_cache, tmp_path) as deploy:
+        run, logs = deploy.run, deploy.run_logs()
         assert run.status == dg.DagsterRunStatus.SUCCESS, f"{run.status}; run container:\n{logs[-4000:]}"
         assert run.tags["git_sha"] == sha and run.tags["env"] == "staging"
         assert run.tags[DOCKER_CONTAINER_ID_TAG] and run.tags[DOCKER_IMAGE_TAG] == code_image
         assert f"run {run.run_id} deploys lab: loading only those hubs" in logs, "the worker loads its hub only"
 
-        event = reader.get_latest_materialization_event(release_key("lab", "staging"))
+        event = deploy.reader.get_latest_materialization_event(release_key("lab", "staging"))
         assert event is not None and event.run_id == run.run_id
         metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
         assert (metadata["git_sha"], metadata["helm_revision"]) == (sha, 1)
         assert [(h["revision"], h["status"]) for h in lab.history()] == [(1, "deployed")]
-    finally:
-        remove_run_containers(run_ids)
-        reader.dispose()
+
+
+# -- Docker hosts: secrets at rest (issue 17, item 4) -----------------------------------------------------------
+# The requirement: the code-location image and the run containers hold no decrypted secret on disk after a run;
+# the age key and cluster credentials reach containers only as mounted files, never as image layers or as
+# variables Dagster prints. The scanners below report where a secret was found by a label ("CANARY", "age private
+# key"...) and a place (a file of an image layer, a container's log); never the secret itself.
+
+# Any age private key (X25519 or post-quantum, bech32): the bare prefix "AGE-SECRET-KEY-" is no evidence, the
+# sops binary in the image carries it as a format constant.
+AGE_KEY_PATTERN = re.compile(rb"AGE-SECRET-KEY-(?:PQ-)?1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{50,}")
+# Proof that the scanners read the files inside image layers: the source of hubploy_dagster/secrets.py.
+SCANNER_CONTROL = "scanner control (a line of hubploy_dagster/secrets.py)"
+CONTROL_NEEDLE = b"class SecretError(HubployError):"
+UNREADABLE = "unreadable gzip or tar (could not be scanned)"
+SCAN_CHUNK = 1 << 20
+SCAN_OVERLAP = 4096  # at least: a needle (or a key the pattern matches) across two chunks is in the next window
+
+Needles = dict[str, bytes | re.Pattern[bytes]]
+
+
+def found_in(data: bytes, needles: Needles) -> list[str]:
+    """The labels of the needles (bytes, or patterns) that occur in `data`."""
+    return [
+        label
+        for label, needle in needles.items()
+        if (needle.search(data) if isinstance(needle, re.Pattern) else needle in data)
+    ]
+
+
+class ChunkStream(io.RawIOBase):
+    """A readable file over byte chunks, as docker-py's container.export() and image.save() stream them."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._rest = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._rest:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._rest = memoryview(chunk)
+        size = min(len(buffer), len(self._rest))
+        buffer[:size] = self._rest[:size]
+        self._rest = self._rest[size:]
+        return size
+
+
+def chunk_reader(chunks: Iterable[bytes]) -> io.BufferedReader:
+    return io.BufferedReader(ChunkStream(chunks), buffer_size=SCAN_CHUNK)
+
+
+def scan_content(file: BinaryIO, needles: Needles) -> list[str]:
+    """The labels of the needles in a file's content, read in chunks (a needle across two chunks is found)."""
+    overlap = max([SCAN_OVERLAP, *(len(n) for n in needles.values() if isinstance(n, bytes))])
+    found: list[str] = []
+    tail = b""
+    while chunk := file.read(SCAN_CHUNK):
+        window = tail + chunk
+        found += found_in(window, {label: n for label, n in needles.items() if label not in found})
+        tail = window[-overlap:]
+    return found
+
+
+def _is_tar(head: bytes) -> bool:
+    return head[257:262] == b"ustar"
+
+
+def _scan_member(file: Any, name: str, needles: Needles) -> dict[str, list[str]]:
+    """A file of a tar: a tar itself (an image layer) is scanned member by member, gzip is uncompressed."""
+    head = file.peek(512)[:512]
+    try:
+        if _is_tar(head):
+            return scan_tar_for(file, needles, prefix=f"{name}!")
+        if head[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=file, mode="rb") as unzipped:
+                return _scan_member(unzipped, name, needles)
+    except (OSError, EOFError, zlib.error, tarfile.TarError):
+        return {UNREADABLE: [name]}  # fail closed: what cannot be read cannot be shown clean
+    return {label: [name] for label in scan_content(file, needles)}
+
+
+def scan_tar_for(stream: BinaryIO, needles: Needles, prefix: str = "") -> dict[str, list[str]]:
+    """{label: the regular files of the tar `stream` whose content holds that needle}, read as a stream.
+
+    Nested tars (the layers of a saved image) and gzip files are opened: a file inside a layer is named
+    `<layer>!<path>`.
+    """
+    found: dict[str, list[str]] = {}
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            file = tar.extractfile(member)
+            assert file is not None
+            for label, names in _scan_member(file, prefix + member.name, needles).items():
+                found.setdefault(label, []).extend(names)
+    return found
+
+
+def pem_needles(label: str, pem: bytes) -> Needles:
+    """A private key's first two base64 lines, and the whole file base64-encoded (as `client-key-data`)."""
+    body = [line.strip() for line in pem.splitlines() if line.strip() and not line.startswith(b"-----")]
+    needles: Needles = {f"{label}, line {index + 1}": line for index, line in enumerate(body[:2])}
+    needles[f"{label}, base64-encoded"] = base64.b64encode(pem)
+    return needles
+
+
+def kubeconfig_credentials(path: Path) -> Needles:
+    """The credentials of every user of a kubeconfig: tokens, passwords, client keys inline or in the files it
+    names (a relative path is relative to the kubeconfig), labelled by user and field."""
+    config = yaml.safe_load(path.read_text())
+    needles: Needles = {}
+    for entry in config.get("users") or []:
+        user, where = entry.get("user") or {}, f"kubeconfig user {entry.get('name')}"
+        for field_name in ("token", "password", "client-key-data"):
+            if user.get(field_name):
+                needles[f"{where}: {field_name}"] = str(user[field_name]).encode()
+        if user.get("tokenFile"):
+            needles[f"{where}: tokenFile's token"] = (path.parent / user["tokenFile"]).read_bytes().strip()
+        if user.get("client-key-data"):
+            needles.update(pem_needles(f"{where}: client-key-data", base64.b64decode(user["client-key-data"])))
+        if user.get("client-key"):
+            needles.update(pem_needles(f"{where}: client-key file", (path.parent / user["client-key"]).read_bytes()))
+    return needles
+
+
+def lab_secrets(lab: Lab, kubeconfig: Path) -> Needles:
+    """What must reach no container's metadata, no log and no disk: the lab's decrypted secret (CANARY, also
+    base64-encoded as in Kubernetes Secrets), its age private key (and any other), the cluster credentials."""
+    key_line = next(line for line in lab.age_key.read_bytes().splitlines() if line.startswith(b"AGE-SECRET-KEY-"))
+    assert AGE_KEY_PATTERN.fullmatch(key_line), "the pattern recognises the lab's age key"
+    credentials = kubeconfig_credentials(kubeconfig)
+    assert credentials, f"{kubeconfig} names no credentials to look for"
+    return {
+        "CANARY (the decrypted secret)": CANARY.encode(),
+        "CANARY base64-encoded": base64.b64encode(CANARY.encode()),
+        "the lab's age private key": key_line,
+        "an age private key": AGE_KEY_PATTERN,
+        **credentials,
+    }
+
+
+def mount_of(container: Container, path: Path) -> dict[str, Any] | None:
+    """The container's mount that `path` (a path inside it) is under, the deepest one."""
+    mounts = [m for m in container.attrs["Mounts"] if path.is_relative_to(m["Destination"])]
+    return max(mounts, key=lambda m: len(m["Destination"]), default=None)
+
+
+def test_docker_secret_scanners_name_the_place_never_the_secret(tmp_path: Path):
+    """The scanners find planted secrets (across chunk boundaries, in nested tars and gzip files, in streamed
+    chunks as docker-py gives them) and report labels and file names only."""
+    key_file, _ = new_age_key(tmp_path)
+    key_line = next(line for line in key_file.read_bytes().splitlines() if line.startswith(b"AGE-SECRET-KEY-"))
+    secret = f"planted-{uuid.uuid4().hex}".encode()
+    needles: Needles = {"planted": secret, "an age private key": AGE_KEY_PATTERN}
+
+    def tar_of(files: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        return buffer.getvalue()
+
+    layer = tar_of(
+        {
+            "etc/clean.conf": b"nothing to see",
+            # across the boundary between two reads of SCAN_CHUNK bytes
+            "tmp/hubploy-secrets-x/0-plain.yaml": b"x" * (SCAN_CHUNK - 5) + secret + b"\n",
+        }
+    )
+    image = tar_of(
+        {
+            "abc/layer.tar": layer,
+            "def/layer.tar.gz": gzip.compress(tar_of({"root/.config/sops/age/keys.txt": key_line + b"\n"})),
+            "notes.txt.gz": gzip.compress(b"a note: " + secret),
+            "broken.gz": b"\x1f\x8b" + b"not gzip at all",
+            "usr/bin/sops": b"constants AGE-SECRET-KEY-1%s and AGE-SECRET-KEY-PQ-1connectStr",
+            "manifest.json": b"[]",
+        }
+    )
+    chunks = [image[i : i + 65536] for i in range(0, len(image), 65536)]
+    found = scan_tar_for(chunk_reader(chunks), needles)
+    assert found == {
+        "planted": ["abc/layer.tar!tmp/hubploy-secrets-x/0-plain.yaml", "notes.txt.gz"],
+        "an age private key": ["def/layer.tar.gz!root/.config/sops/age/keys.txt"],
+        UNREADABLE: ["broken.gz"],
+    }
+    assert secret not in repr(found).encode() and key_line not in repr(found).encode()
+    assert scan_tar_for(chunk_reader([tar_of({"clean": b"clean"})]), needles) == {}
+
+    key = tmp_path / "pki" / "admin.key"
+    key.parent.mkdir()
+    pem = b"-----BEGIN EC PRIVATE KEY-----\n" + b"\n".join(uuid.uuid4().hex.encode() * 2 for _ in range(3))
+    key.write_bytes(pem + b"\n-----END EC PRIVATE KEY-----\n")
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    users = [{"name": "admin", "user": {"client-key": "pki/admin.key"}}, {"name": "ci", "user": {"token": "tok-1234"}}]
+    kubeconfig.write_text(yaml.safe_dump({"kind": "Config", "users": users}))
+    credentials = kubeconfig_credentials(kubeconfig)
+    assert found_in(b"Env: TOKEN=tok-1234", credentials) == ["kubeconfig user ci: token"]
+    leaked = b"printed " + pem.splitlines()[1]
+    assert found_in(leaked, credentials) == ["kubeconfig user admin: client-key file, line 1"]
+    assert found_in(b"KUBECONFIG=" + bytes(kubeconfig), credentials) == []
+
+
+@pytest.mark.integration
+def test_docker_runs_leave_no_secret_in_containers_logs_events_or_the_image(
+    lab: Lab, code_image: str, dagster_db: dict[str, str], chart_cache: Path, tmp_path: Path
+):
+    """After a deploy run of the production topology: the age key and the kubeconfig reach the containers as
+    paths to read-only mounts; no secret is in `docker inspect`, the run's event log, the containers' and the
+    daemon's logs, the stopped run container's filesystem (its /tmp, its Dagster home) or the image's layers."""
+    kubeconfig = Path(os.environ["KUBECONFIG"])
+    secrets = lab_secrets(lab, kubeconfig)
+    with docker_deploy(lab, code_image, dagster_db, chart_cache, tmp_path) as deploy:
+        assert deploy.run.status == dg.DagsterRunStatus.SUCCESS, f"{deploy.run.status}:\n{deploy.run_logs()[-4000:]}"
+        assert deploy.containers, "the run containers are kept until the block ends"
+        for container in deploy.containers:
+            container.wait(timeout=60)  # the run is recorded a moment before its process exits
+        containers = {"code server container": deploy.server}
+        containers.update({f"run container {c.name} ({c.labels['dagster/run_id']})": c for c in deploy.containers})
+
+        # The key and the kubeconfig as paths: environment variables name them, read-only bind mounts bring them.
+        for place, container in containers.items():
+            container.reload()
+            env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+            assert (env["SOPS_AGE_KEY_FILE"], env["KUBECONFIG"]) == (str(lab.age_key), str(kubeconfig)), place
+            for path in (lab.age_key, kubeconfig):
+                mount = mount_of(container, path)
+                assert mount and mount["Type"] == "bind" and not mount["RW"], f"{path} is not mounted read-only in the {place}"  # fmt: skip
+
+        places: dict[str, bytes] = {}
+        for place, container in containers.items():
+            places[f"docker inspect of the {place}"] = json.dumps(container.attrs).encode()
+            places[f"logs of the {place}"] = container.logs()
+        for run in deploy.reader.get_runs(dg.RunsFilter(tags={"hub": "lab"})):
+            records = deploy.reader.all_logs(run.run_id)
+            assert records, f"run {run.run_id} recorded events"
+            places[f"event log of run {run.run_id}"] = "\n".join(map(dg.serialize_value, records)).encode()
+            places[f"run record of run {run.run_id}"] = dg.serialize_value(run).encode()
+        places["daemon log"] = deploy.daemon_log.read_bytes()
+        assert all(places.values()), [place for place, data in places.items() if not data]
+        leaks = [f"{label} in the {place}" for place, data in places.items() for label in found_in(data, secrets)]
+        assert not leaks, f"secrets found: {leaks}"
+
+        # On disk: a stopped run container's filesystem as exported (its layer, /tmp, the compute logs under
+        # DAGSTER_HOME; not the read-only mounts), and every layer of the image the containers run.
+        disk_needles = {**secrets, SCANNER_CONTROL: CONTROL_NEEDLE}
+        for place, container in containers.items():
+            if container is deploy.server:
+                continue
+            found = scan_tar_for(chunk_reader(container.export()), disk_needles)
+            assert found.pop(SCANNER_CONTROL, None), f"the scan of the {place}'s filesystem read its files"
+            assert not found, f"secrets on the disk of the {place}: {found}"
+        client = docker.from_env()
+        try:
+            found = scan_tar_for(chunk_reader(client.images.get(code_image).save(named=False)), disk_needles)
+        finally:
+            client.close()
+        assert any("!" in name for name in found.pop(SCANNER_CONTROL, [])), "the image scan read inside its layers"
+        assert not found, f"secrets in the layers of {code_image}: {found}"
 
 
 # -- Kubernetes: Dagster's Helm chart and the deployer's RBAC ----------------------------------------------------
