@@ -13,6 +13,7 @@ import pytest
 from services.lab import CRASHING_HUB, Lab
 
 from hubploy_dagster.keys import release_key
+from hubploy_dagster.record import DeployRecord
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +80,7 @@ def test_rollback_returns_to_the_last_healthy_revision_and_says_so(lab: Lab, jup
         "to_revision": 1,
         "new_revision": 3,
         "failed_checks": "hub_api",
+        "fingerprint": broken.metadata()["fingerprint"],  # the configuration rolled away from: held by the sensor
     }
     history = lab.history()
     assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["description"] == "Rollback to 1"
@@ -137,7 +139,8 @@ def test_rollback_job_returns_a_release_to_a_chosen_revision(lab: Lab):
     assert [h["revision"] for h in history] == [1, 2, 3] and history[-1]["description"] == "Rollback to 1"
     [observation] = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
     metadata = {k: v.value for k, v in observation.asset_observation_data.asset_observation.metadata.items()}
-    assert metadata == {"rollback": "manual", "to_revision": 1, "new_revision": 3}
+    replaced = DeployRecord(lab.instance).deployed_fingerprints(["lab"], "staging")["lab"]
+    assert metadata == {"rollback": "manual", "to_revision": 1, "new_revision": 3, "fingerprint": replaced}
 
 
 def test_a_failed_upgrade_rolls_back_to_the_last_healthy_revision_and_prod_is_untouched(lab: Lab):
@@ -163,5 +166,6 @@ def test_a_failed_upgrade_rolls_back_to_the_last_healthy_revision_and_prod_is_un
         "to_revision": 1,
         "new_revision": 3,
         "failed_upgrade": "helm upgrade of lab-staging",
+        "fingerprint": lab.fingerprint(),  # the configuration that failed: the sensor holds it
     }
     assert failed.materialized() == [] and lab.history("prod") == prod_before

@@ -126,6 +126,11 @@ class Lab:
         push_image(self.registry, self.image.split("/", 1)[1], tag)
         return tag
 
+    def fingerprint(self, rev: str = "HEAD") -> str:
+        """The configuration fingerprint of the hub at `rev`."""
+        deployment = load_deployment(self.builder.open().snapshot(rev))
+        return deployment.fingerprint(deployment.hub("lab"))
+
     def hub(self) -> Hub:
         """The hub as the code location defined it when it last loaded it (before a commit that broke it)."""
         hub = load_deployment(self.builder.open().snapshot("HEAD")).hubs.get("lab")
