@@ -110,6 +110,13 @@ def test_plan_lists_changed_hubs_with_masked_diffs_and_images_to_build(two_deplo
     for output in (result.output, text.output, markdown.output):
         assert not any(form in output for form in secret_forms)
 
+    quiet = f"jupyterhub:\n  hub:\n    extraEnv: {{Q: {PROBE}}}\n"
+    lab.builder.commit("quiet too", {"hubs/quiet/config/staging.yaml": quiet})
+    two = hubploy_plan(lab, "--from", deployed, "--format", "markdown")
+    assert two.exit_code == 0, two.output
+    assert "<details><summary>lab: upgrade" in two.stdout and "<details><summary>quiet: upgrade" in two.stdout
+    assert "2 hub(s) to deploy" in two.stdout and not any(form in two.output for form in secret_forms)
+
     freeze = (
         "environments:\n  - name: staging\n    rollout: {deny: [{cron: '0 0 * * *', duration: 1d}]}\n  - name: prod\n"
     )

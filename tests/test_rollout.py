@@ -26,8 +26,9 @@ from hubploy_dagster.config import RolloutSettings, load_hubploy_config
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError
 from hubploy_dagster.holds import reject_configuration
-from hubploy_dagster.record import DeployRecord, Held, RefusedPromotion, Rejected, Rollback, observation
-from hubploy_dagster.resources import TAG_CLUSTER, TAG_SENSOR
+from hubploy_dagster.record import DeployRecord, Held, HoldReleased, RefusedPromotion, Rejected, Rollback, observation
+from hubploy_dagster.resources import TAG_CLUSTER, TAG_SENSOR, DeploymentRepoResource
+from jobs.holds import reject, release_hold
 from sensors.git_sensor import build_git_sensor
 
 # Monday to Friday from 08:00 to 18:00 in Berlin (CET, UTC+1 in winter): "no deploys during classes".
@@ -283,3 +284,25 @@ def test_a_release_of_a_rejected_configuration_is_refused(lab: Lab):
     assert run.success and "lab/staging" not in run.materialized() and not lab.release_exists()
     fact = record.latest_fact("lab", "staging")
     assert isinstance(fact, Held) and fact.kind == "rejected" and "rejected by bob: breaks the proxy" in fact.reason
+
+
+def test_the_release_hold_and_reject_jobs_record_the_operators_decision(two_hub_repo: RepoBuilder):
+    """The UI's way to the same decisions: the jobs, their run named as who decided."""
+    instance = dg.DagsterInstance.ephemeral()
+    deployment = load_deployment(two_hub_repo.open().snapshot("HEAD"))
+    fingerprint = deployment.fingerprint(deployment.hub("alpha"))
+    instance.report_runless_asset_event(observation("alpha", "staging", Rollback("done", 2, 1, 3, {}, fingerprint)))
+    resources = {"deployment_repo": DeploymentRepoResource(source=str(two_hub_repo.path))}
+    config = {"hub": "alpha", "env": "staging", "reason": "fixed upstream"}
+    released = release_hold.execute_in_process(
+        run_config={"ops": {"release_rollback_hold_op": {"config": config}}}, instance=instance
+    )
+    fact = DeployRecord(instance).latest_fact("alpha", "staging")
+    assert fact == HoldReleased(fingerprint, f"run {released.run_id}", "fixed upstream")
+    config = {"hub": "beta", "rev": "HEAD", "reason": "breaks logins"}
+    rejected = reject.execute_in_process(
+        run_config={"ops": {"reject_configuration_op": {"config": config}}}, instance=instance, resources=resources
+    )
+    for env in ("staging", "prod"):
+        fact = DeployRecord(instance).latest_fact("beta", env)
+        assert isinstance(fact, Rejected) and fact.by == f"run {rejected.run_id}" and fact.reason == "breaks logins"
