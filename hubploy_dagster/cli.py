@@ -396,6 +396,16 @@ def plan(
     env = chain.require(env) if env else chain.first
     new = deployment_repo.resolve(to_rev) if to_rev else branch_head(deployment_repo, chain.branch(env))
     result = plan_deploy(deployment_repo, env, new, from_rev, Sops(), lambda line: click.echo(line, err=True))
+    if settings.dagster_home:  # the holds the deploy record puts on them: soak, waves, rollbacks, rejections
+        from hubploy_dagster.history import open_instance  # Dagster, only here
+        from hubploy_dagster.policy import recorded_holds
+        from hubploy_dagster.record import DeployRecord
+
+        deployment = load_deployment(deployment_repo.snapshot(result.new))
+        hubs = {plan.hub: deployment.hub(plan.hub) for plan in result.hubs}
+        fingerprints = {name: deployment.fingerprint(hub) for name, hub in hubs.items()}
+        found = recorded_holds(DeployRecord(open_instance()), chain, env, hubs, fingerprints)
+        result.holds |= {hub: hold.reason for hub, hold in found.items()}
     output = "json" if as_json else output or "text"
     if output == "json":
         _emit_json(result.to_json())

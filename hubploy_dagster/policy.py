@@ -151,6 +151,19 @@ def wave_holds(
     return found
 
 
+def recorded_holds(
+    record: DeployRecord, chain: Chain, env: str, hubs: dict[str, Hub], fingerprints: dict[str, str]
+) -> dict[str, rollout.Hold]:
+    """What the deploy record holds of a deploy of `hubs` to `env` now (for `hubploy plan`): canary waves,
+    soak and rollback holds or rejections; the deploy windows need no record (`window_holds`)."""
+    soaks = soaking(record, chain, env, hubs, fingerprints)
+    return (
+        wave_holds(record, chain, env, list(hubs), hubs, fingerprints)
+        | {hub: soak.hold for hub, soak in soaks.items()}
+        | record_holds(record, env, fingerprints)
+    )
+
+
 def held(hold: rollout.Hold, sha: str) -> Held:
     return Held(hold.kind, hold.reason, rollout.utc_text(hold.until) if hold.until else "", sha)
 

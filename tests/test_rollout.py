@@ -8,6 +8,7 @@ refused unless a run tag overrides it, and a sensor's run that meets a freeze wa
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -306,3 +307,18 @@ def test_the_release_hold_and_reject_jobs_record_the_operators_decision(two_hub_
     for env in ("staging", "prod"):
         fact = DeployRecord(instance).latest_fact("beta", env)
         assert isinstance(fact, Rejected) and fact.by == f"run {rejected.run_id}" and fact.reason == "breaks logins"
+
+
+def test_plan_names_the_holds_the_deploy_record_puts_on_a_hub(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    lab.push_current_image()
+    instance = dg.DagsterInstance.get()
+    reject_configuration(DeployRecord(instance), lab.builder.open(), "HEAD", "lab", "bob", "breaks the proxy")
+    runner = CliRunner(env={"SOPS_AGE_KEY_FILE": str(lab.age_key)})
+    result = runner.invoke(main, ["plan", "--repo", str(lab.builder.path), "--env", "staging", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "rejected by bob: breaks the proxy" in json.loads(result.stdout)["holds"]["lab"]
