@@ -241,6 +241,8 @@ def _entry(
     details = [f"promoted from run {release.promoted_from_run}"] if release.promoted_from_run else []
     if release.promotion_override:
         details.append(f"promotion override: {release.promotion_override}")
+    if (waited := _number(values.get("idle_wait_seconds"))) is not None:  # wait_for_idle before the upgrade
+        details.append(f"waited {waited:.0f}s for users to leave ({values.get('idle_wait_outcome', '')})")
     return Entry(
         event=kind,
         git_sha=release.git_sha,

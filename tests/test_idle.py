@@ -26,6 +26,7 @@ from hubploy_dagster.assets import wait_for_users
 from hubploy_dagster.chain import default_chain
 from hubploy_dagster.config import IdleWait
 from hubploy_dagster.errors import ConfigError
+from hubploy_dagster.history import deploy_history
 from hubploy_dagster.idle import HubApiError, NotIdleError, active_servers, duration_text, wait_for_idle
 from hubploy_dagster.local_cluster import free_port
 from hubploy_dagster.rollout import hub_rollout
@@ -330,3 +331,5 @@ def test_the_release_waits_for_the_last_user_to_leave_before_its_upgrade(lab: La
     assert (metadata["idle_servers_at_start"], metadata["idle_servers_at_deploy"]) == (1, 0), metadata
     assert metadata["idle_wait_seconds"] >= 2 and "1 user server running" in upgrade.log_text()
     assert running.token not in upgrade.recorded()
+    [latest, _] = deploy_history(lab.instance, "lab", "staging", 2)
+    assert "waited" in latest.detail and "for users to leave (idle)" in latest.detail, "history says the release waited"

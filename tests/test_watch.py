@@ -8,8 +8,10 @@ being rolled back.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -55,6 +57,25 @@ def test_an_out_of_band_rollback_is_reported_as_drift(lab: Lab):
     assert "jupyterhub.singleuser.cpu" in ",".join(changed), changed
     assert CANARY not in watched.recorded(), "values are named by their keys, never shown"
     assert [h["revision"] for h in lab.history()] == [1, 2, 3], "drift is reported, never corrected"
+
+
+def test_an_out_of_band_upgrade_is_reported_as_drift(lab: Lab, jupyterhub_chart: Path, tmp_path: Path):
+    lab.push_current_image()
+    deployed = lab.materialize(checks=True, chain=WATCHED)
+    assert deployed.checks()["drift"].passed, deployed.checks()["drift"].description
+    chart = tmp_path / "chart"  # the hub's chart as an operator has it at hand, with its dependency
+    shutil.copytree(lab.builder.path / "chart", chart)
+    (chart / "charts").mkdir(exist_ok=True)
+    shutil.copy(jupyterhub_chart, chart / "charts")
+    by_hand = [tool("helm"), "upgrade", "lab-staging", str(chart), "--namespace", lab.namespace, "--reuse-values"]
+    by_hand += ["--set", "jupyterhub.singleuser.cpu.limit=3", "--wait", "--timeout", "60s"]
+    subprocess.run(by_hand, env=lab.cluster.helm_env(), check=True, capture_output=True)
+    watched = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"}, chain=WATCHED)
+    drift = watched.checks()["drift"]
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    assert "revision 2 (Upgrade complete) was not made by hubploy, which last deployed revision 1" in drift.description
+    assert "jupyterhub.singleuser.cpu" in ",".join(drift.metadata["changed_values"].value)
+    assert CANARY not in watched.recorded()
 
 
 def test_the_watch_sensor_asks_for_each_release_s_checks_once_per_period(lab: Lab, monkeypatch: pytest.MonkeyPatch):
