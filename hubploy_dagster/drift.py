@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from hubploy_dagster.health_api import CheckOutcome
+from hubploy_dagster.helm import Helm
 from hubploy_dagster.release import DeployOptions, hub_images, prepared_release
 from hubploy_dagster.session import HubSession
 
@@ -51,11 +52,12 @@ def differing_keys(live: Any, expected: Any, prefix: str = "") -> list[str]:
     return [] if live == expected else [prefix.rstrip(".") or "(all values)"]
 
 
-def drift_outcome(session: HubSession, deployed_revision: int | None, ours: set[int]) -> CheckOutcome:
-    """The live release of the session's hub against its commit; `ours`: the revisions hubploy made."""
+def drift_outcome(session: HubSession, helm: Helm, deployed_revision: int | None, ours: set[int]) -> CheckOutcome:
+    """The live release of the session's hub against its commit; `helm`: bound to the hub's cluster (the check
+    step's login); `ours`: the revisions hubploy made."""
     images = hub_images(session)
-    with prepared_release(session, DeployOptions(), images) as prepared:
-        request, helm = prepared.request, prepared.helm
+    with prepared_release(session, DeployOptions(), images, with_cluster=False) as prepared:
+        request = prepared.request
         history = helm.history(request.release, request.namespace)
         live_values = json.loads(
             helm.run(
