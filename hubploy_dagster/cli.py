@@ -306,17 +306,17 @@ def history(
 @main.command("release-hold")
 @click.argument("hub")
 @click.argument("environment")
-@click.option("--reason", required=True, help="Why the rolled-back configuration may deploy again (recorded).")
+@click.option("--reason", required=True, help="Why the held configuration may deploy again (recorded).")
 @pass_settings
 @reports_errors
 def release_hold(settings: Settings, hub: str, environment: str, reason: str) -> None:
-    """Let the configuration the last rollback of HUB in ENVIRONMENT held deploy again (Dagster instance)."""
+    """Let the configuration that a rollback or a canary wave holds for HUB in ENVIRONMENT deploy again."""
     from hubploy_dagster.history import open_instance  # Dagster, only here
-    from hubploy_dagster.holds import release_rollback_hold
+    from hubploy_dagster.holds import release_held_configuration
     from hubploy_dagster.record import DeployRecord
 
     by = settings.actor or getpass.getuser()
-    fact = release_rollback_hold(DeployRecord(open_instance()), hub, environment, by, reason)
+    fact = release_held_configuration(DeployRecord(open_instance()), hub, environment, by, reason)
     click.echo(f"{hub}\t{environment}\tconfiguration {fact.fingerprint[:12]} may deploy again (released by {by})")
 
 

@@ -137,7 +137,8 @@ def wave_holds(
 
     A hub of wave n deploys once every hub of a lower wave that the change reaches is healthy in `env` with the
     changed configuration; a canary that fails its checks holds the later waves until it is fixed (a new
-    configuration) or an operator deploys them by hand. Hubs without a wave are not held.
+    configuration) or an operator resumes them (`hubploy release-hold`, or a deploy by hand). Hubs without a
+    wave are not held.
     """
     found_waves = {name: rollout.hub_rollout(chain, hub, env).wave for name, hub in changed.items()}
     waves = {name: wave for name, wave in found_waves.items() if wave is not None}
@@ -145,7 +146,7 @@ def wave_holds(
     found = {}
     for name in hubs:
         ahead = sorted(other for other in pending if name in waves and waves[other] < waves[name])
-        if ahead:
+        if ahead and not record.released(name, env, fingerprints[name]):
             reason = f"wave {waves[name]} waits for the checks of the earlier waves' {', '.join(ahead)} in {env}"
             found[name] = rollout.Hold("wave", reason)
     return found
@@ -164,8 +165,8 @@ def recorded_holds(
     )
 
 
-def held(hold: rollout.Hold, sha: str) -> Held:
-    return Held(hold.kind, hold.reason, rollout.utc_text(hold.until) if hold.until else "", sha)
+def held(hold: rollout.Hold, sha: str, fingerprint: str = "") -> Held:
+    return Held(hold.kind, hold.reason, rollout.utc_text(hold.until) if hold.until else "", sha, fingerprint)
 
 
 def window_holds(chain: Chain, env: str, hubs: dict[str, Hub]) -> dict[str, rollout.Hold]:

@@ -155,14 +155,16 @@ class Held:
     reason: str
     until: str  # UTC, "" when not known
     git_sha: str
+    fingerprint: str = ""  # the configuration held, which an operator can release (`holds.release_held_configuration`)
 
     def metadata(self) -> dict[str, Any]:
-        return {HELD: self.kind, "reason": self.reason, "until": self.until, GIT_SHA: self.git_sha}
+        found = {HELD: self.kind, "reason": self.reason, "until": self.until, GIT_SHA: self.git_sha}
+        return found | ({FINGERPRINT: self.fingerprint} if self.fingerprint else {})
 
 
 @dataclass(frozen=True)
 class HoldReleased:
-    """An operator let the sensor deploy a configuration again that a rollback held."""
+    """An operator let the sensor deploy a configuration again that a rollback or a canary wave held."""
 
     fingerprint: str
     by: str
@@ -218,7 +220,11 @@ def fact_of(values: Mapping[str, Any]) -> Fact | None:
         return Rejected(str(values[REJECTED]), str(values.get("by", "")), str(values.get("reason", "")))
     if HELD in values:
         return Held(
-            str(values[HELD]), str(values["reason"]), str(values.get("until", "")), str(values.get(GIT_SHA, ""))
+            str(values[HELD]),
+            str(values["reason"]),
+            str(values.get("until", "")),
+            str(values.get(GIT_SHA, "")),
+            str(values.get(FINGERPRINT, "")),
         )
     return None
 
@@ -261,6 +267,10 @@ class DeployRecord:
 
     def latest_fact(self, hub: str, env: str) -> Fact | None:
         return next((fact for _, fact in self.facts(hub, env)), None)
+
+    def released(self, hub: str, env: str, fingerprint: str) -> bool:
+        """Whether an operator released a hold on this configuration of the hub in `env` (`holds.release_held_configuration`)."""
+        return any(isinstance(f, HoldReleased) and f.fingerprint == fingerprint for _, f in self.facts(hub, env))
 
     def healthy_marks(self, hub: str, env: str, fingerprint: str) -> Iterator[dg.EventLogRecord]:
         """The records of this exact hub configuration being healthy in `env`, newest first."""

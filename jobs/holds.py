@@ -7,15 +7,15 @@ person (docs/operations.md).
 import dagster as dg
 from pydantic import Field
 
-from hubploy_dagster.holds import reject_configuration, release_rollback_hold
+from hubploy_dagster.holds import reject_configuration, release_held_configuration
 from hubploy_dagster.record import DeployRecord
 from hubploy_dagster.resources import DeploymentRepoResource
 
 
 class ReleaseHoldConfig(dg.Config):
     hub: str = Field(description="Hub name")
-    env: str = Field(description="Environment whose rollback hold is released")
-    reason: str = Field(description="Why the rolled-back configuration may deploy again")
+    env: str = Field(description="Environment whose rollback or canary-wave hold is released")
+    reason: str = Field(description="Why the held configuration may deploy again")
 
 
 class RejectConfig(dg.Config):
@@ -25,8 +25,8 @@ class RejectConfig(dg.Config):
 
 
 @dg.op
-def release_rollback_hold_op(context: dg.OpExecutionContext, config: ReleaseHoldConfig) -> None:
-    fact = release_rollback_hold(
+def release_hold_op(context: dg.OpExecutionContext, config: ReleaseHoldConfig) -> None:
+    fact = release_held_configuration(
         DeployRecord(context.instance), config.hub, config.env, f"run {context.run_id}", config.reason
     )
     context.log.info(f"{config.hub} in {config.env}: configuration {fact.fingerprint[:12]} may deploy again")
@@ -43,9 +43,9 @@ def reject_configuration_op(
     context.log.info(f"{config.hub}: configuration {fact.fingerprint[:12]} rejected everywhere")
 
 
-@dg.job(description="Let a configuration that a rollback held deploy again.")
+@dg.job(description="Let a configuration that a rollback or a canary wave held deploy again.")
 def release_hold() -> None:
-    release_rollback_hold_op()
+    release_hold_op()
 
 
 @dg.job(description="Reject a hub's configuration at a commit: it is deployed nowhere, ever.")

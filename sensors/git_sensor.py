@@ -19,10 +19,9 @@ from hubploy_dagster.chain import Chain
 from hubploy_dagster.errors import HubployError
 from hubploy_dagster.keys import image_key, release_key
 from hubploy_dagster.policy import awaiting_promotion, held, record_holds, soaking, wave_holds, window_holds
-from hubploy_dagster.record import DeployRecord, observation
+from hubploy_dagster.record import DeployRecord, Held, observation
 from hubploy_dagster.repo import DeploymentRepo, remote_heads
 from hubploy_dagster.resources import TAG_BRANCH, TAG_CLUSTER, TAG_ENV, TAG_GIT_SHA, TAG_HUB
-from hubploy_dagster.rollout import Hold
 from hubploy_dagster.sensing import branch_move, reload_code_location
 
 LOCATION_NAME = "hubploy"
@@ -103,7 +102,7 @@ def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> d
                 | record_holds(record, env, {hub: move.fingerprints[hub] for hub in candidates})
             )
             for hub, hold in holds.items():
-                note_hold(context, record, f"{branch}@{new[:7]}", hub, env, new, hold)
+                note_hold(context, record, f"{branch}@{new[:7]}", hub, env, held(hold, new, move.fingerprints[hub]))
             requests += [
                 recheck_request(context, hub, before, new, soak.recheck)
                 for hub, soak in soaks.items()
@@ -127,11 +126,11 @@ def build_git_sensor(source: str, chain: Chain, interval_seconds: int = 30) -> d
 
 
 def note_hold(
-    context: dg.SensorEvaluationContext, record: DeployRecord, where: str, hub: str, env: str, sha: str, hold: Hold
+    context: dg.SensorEvaluationContext, record: DeployRecord, where: str, hub: str, env: str, fact: Held
 ) -> None:
     """Say why a deploy waits, and record it on the release once (not at every tick)."""
-    context.log.info(f"{where}: {hub} held: {hold.reason}")
-    if record.latest_fact(hub, env) != (fact := held(hold, sha)):
+    context.log.info(f"{where}: {hub} held: {fact.reason}")
+    if record.latest_fact(hub, env) != fact:
         context.instance.report_runless_asset_event(observation(hub, env, fact))
 
 

@@ -26,7 +26,7 @@ from hubploy_dagster.cli import main
 from hubploy_dagster.config import RolloutSettings, load_hubploy_config
 from hubploy_dagster.deployment import load_deployment
 from hubploy_dagster.errors import ConfigError
-from hubploy_dagster.holds import reject_configuration
+from hubploy_dagster.holds import reject_configuration, release_held_configuration
 from hubploy_dagster.record import DeployRecord, Held, HoldReleased, RefusedPromotion, Rejected, Rollback, observation
 from hubploy_dagster.resources import TAG_CLUSTER, TAG_SENSOR, DeploymentRepoResource
 from jobs.holds import reject, release_hold
@@ -154,12 +154,14 @@ def test_prod_promotes_only_after_the_soak_and_the_checks_run_again_at_its_end(t
     assert ticker.tick()[0] == [("alpha", "prod", sha)]
 
 
-def test_canary_waves_deploy_in_order_and_a_failing_canary_holds_the_rest(two_hub_repo: RepoBuilder):
-    two_hub_repo.branch("prod")
-    two_hub_repo.commit("every hub in wave 1", chain_file(staging={"wave": 1}))
+def a_failing_canary(builder: RepoBuilder) -> tuple[Ticker, str]:
+    """Two waves in staging: alpha, the canary, passed its checks once; then a chart bump it fails (the ticker
+    and the bump's commit)."""
+    builder.branch("prod")
+    builder.commit("every hub in wave 1", chain_file(staging={"wave": 1}))
     canary = "environments:\n  staging:\n    rollout: {wave: 0}\n"
-    first = two_hub_repo.commit("alpha is the canary", hub_files("alpha", extra=canary))
-    ticker = Ticker(two_hub_repo)
+    first = builder.commit("alpha is the canary", hub_files("alpha", extra=canary))
+    ticker = Ticker(builder)
     assert ticker.tick()[0] == [("alpha", "staging", first)], "the canary first"
     [wave] = held_facts(ticker, "beta")
     assert wave.kind == "wave" and "alpha" in wave.reason
@@ -168,17 +170,32 @@ def test_canary_waves_deploy_in_order_and_a_failing_canary_holds_the_rest(two_hu
     assert ticker.tick()[0] == [("beta", "staging", first)], "the next wave once the canary passed its checks"
     ticker.mark_deployed("beta", "staging", first)
 
-    bump = two_hub_repo.commit("chart bump", {"chart/values.yaml": "jupyterhub: {bumped: true}\n"})
+    bump = builder.commit("chart bump", {"chart/values.yaml": "jupyterhub: {bumped: true}\n"})
     assert ticker.tick()[0] == [("alpha", "staging", bump)]
     ticker.mark_deployed("alpha", "staging", bump)  # deployed, but its checks fail: no healthy mark
     for _ in range(2):
         assert ticker.tick()[0] == [], "a failing canary holds the later waves"
     assert len([f for f in held_facts(ticker, "beta") if f.git_sha == bump]) == 1, "recorded once"
+    return ticker, bump
+
+
+def test_canary_waves_deploy_in_order_and_a_failing_canary_holds_the_rest(two_hub_repo: RepoBuilder):
+    ticker, _ = a_failing_canary(two_hub_repo)
     fixed = two_hub_repo.commit("alpha fixed", {"hubs/alpha/config/staging.yaml": "jupyterhub: {fixed: 1}\n"})
     assert ticker.tick()[0] == [("alpha", "staging", fixed)], "a new configuration of the canary deploys"
     ticker.mark_deployed("alpha", "staging", fixed)
     ticker.mark_staging_healthy("alpha", fixed)
     assert ticker.tick()[0] == [("beta", "staging", fixed)]
+
+
+def test_an_operator_resumes_the_waves_a_failing_canary_holds(two_hub_repo: RepoBuilder):
+    ticker, bump = a_failing_canary(two_hub_repo)
+    record = DeployRecord(ticker.instance)
+    resumed = release_held_configuration(record, "beta", "staging", "carol", "alpha fails for its own reasons")
+    [hold, *_] = held_facts(ticker, "beta")
+    assert resumed.fingerprint == hold.fingerprint != "" and (resumed.by, hold.git_sha) == ("carol", bump)
+    assert ticker.tick()[0] == [("beta", "staging", bump)], "resumed: the held wave deploys at the held commit"
+    assert isinstance(record.latest_fact("beta", "staging"), HoldReleased), "the decision is on the release"
 
 
 def test_each_run_is_tagged_with_its_hubs_cluster(two_hub_repo: RepoBuilder):
@@ -274,7 +291,10 @@ def test_a_rolled_back_configuration_is_held_until_released_and_a_rejected_one_n
     bump = two_hub_repo.commit("chart bump", {"chart/values.yaml": "jupyterhub: {bumped: true}\n"})
     assert ticker.tick()[0] == [("alpha", "staging", bump), ("beta", "staging", bump)], "new configurations deploy"
     nothing = runner.invoke(main, ["release-hold", "beta", "prod", "--reason", "?"])
-    assert nothing.exit_code == 1 and "no rollback of hub beta in prod holds a configuration" in nothing.output
+    assert (
+        nothing.exit_code == 1
+        and "no rollback or canary wave of hub beta in prod holds a configuration" in nothing.output
+    )
 
 
 def test_a_release_of_a_rejected_configuration_is_refused(lab: Lab):
@@ -296,7 +316,7 @@ def test_the_release_hold_and_reject_jobs_record_the_operators_decision(two_hub_
     resources = {"deployment_repo": DeploymentRepoResource(source=str(two_hub_repo.path))}
     config = {"hub": "alpha", "env": "staging", "reason": "fixed upstream"}
     released = release_hold.execute_in_process(
-        run_config={"ops": {"release_rollback_hold_op": {"config": config}}}, instance=instance
+        run_config={"ops": {"release_hold_op": {"config": config}}}, instance=instance
     )
     fact = DeployRecord(instance).latest_fact("alpha", "staging")
     assert fact == HoldReleased(fingerprint, f"run {released.run_id}", "fixed upstream")
