@@ -23,6 +23,7 @@ from hubploy_dagster.idle import wait_for_idle
 from hubploy_dagster.images import BuildOptions, ImageResult
 from hubploy_dagster.keys import group_name, hub_pool, image_key, release_key
 from hubploy_dagster.policy import deploy_window, held, promotion, record_holds, roll_back, soaking
+from hubploy_dagster.queue_wait import queue_wait
 from hubploy_dagster.record import DeployRecord, Superseded, observation, release_record_metadata
 from hubploy_dagster.registry import RegistryAuthError, RegistryClient, RegistryError
 from hubploy_dagster.release import DeployOptions, UpgradeFailedError, deploy_hub
@@ -204,6 +205,9 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
             )
             context.log_event(observation(hub.name, env, Superseded(newer.run_id, sha)))
             return
+        queued = queue_wait(context.instance, context.run)
+        if queued:
+            context.log.info(f"waited {queued['queued_seconds']}s in the run queue: {queued['queued_behind']}")
         record = DeployRecord(context.instance)
         override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
         soak = soaking(record, chain, env, {hub.name: session.hub}, {hub.name: fingerprint}).get(hub.name)
@@ -235,7 +239,7 @@ def release_asset(hub: Hub, chain: Chain, env: str) -> dg.AssetsDefinition:
                 yield observation(hub.name, env, roll_back(record, session, None, cause, context.log))
             raise
         metadata = release_record_metadata(
-            result, repo, context.run.run_id, fingerprint, **gate.metadata, **window, **idle
+            result, repo, context.run.run_id, fingerprint, **gate.metadata, **window, **idle, **queued
         )
         yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fingerprint))
 

@@ -243,6 +243,8 @@ def _entry(
         details.append(f"promotion override: {release.promotion_override}")
     if (waited := _number(values.get("idle_wait_seconds"))) is not None:  # wait_for_idle before the upgrade
         details.append(f"waited {waited:.0f}s for users to leave ({values.get('idle_wait_outcome', '')})")
+    if (queued := _number(values.get("queued_seconds"))) is not None:  # the per-cluster limit (queue_wait.py)
+        details.append(f"waited {queued:.0f}s in the run queue ({values.get('queued_behind', '')})")
     return Entry(
         event=kind,
         git_sha=release.git_sha,

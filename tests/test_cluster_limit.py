@@ -19,12 +19,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import yaml
 from services.registry import remove_local_images
 from services.repos import PROJECT_ROOT, RepoBuilder
 from test_end_to_end import DEMO_KEY, push, slow_start, write_hubs
 
+from hubploy_dagster.history import deploy_history
 from hubploy_dagster.resources import TAG_CLUSTER
 
 pytestmark = pytest.mark.integration
@@ -118,5 +120,13 @@ def test_two_hubs_of_one_cluster_never_upgrade_at_once_with_a_limit_of_one(
             # ... and, with room for two deploys on the cluster, went at the same time.
             assert second["startTime"] < first["endTime"], timeline
         else:
-            # ... and waited in the queue until the first had ended.
+            # ... and waited in the queue until the first had ended: its release says so, naming the limit.
             assert second["startTime"] >= first["endTime"], timeline
+            hub, run_id = second["tags"]["hub"], second["runId"]
+            [release] = [m for m in dev.materializations(f"{hub}/staging") if m["runId"] == run_id]
+            waited = second["startTime"] - second["creationTime"]
+            assert SLOW_START <= release["metadata"]["queued_seconds"] <= waited, (release, timeline)
+            assert release["metadata"]["queued_behind"] == f"at most 1 deploy(s) at once to cluster {CLUSTER}"
+            with dg.DagsterInstance.from_config(str(dagster.home)) as instance:
+                [entry] = [e for e in deploy_history(instance, hub, "staging", 5) if e.event == "release"]
+            assert f"s in the run queue (at most 1 deploy(s) at once to cluster {CLUSTER})" in entry.detail, entry
