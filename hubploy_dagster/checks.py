@@ -147,7 +147,7 @@ def run_checks(
             ),
             "hub_api": lambda: check_hub_api(url, checks["hub_api"].timeout_seconds, checks["hub_api"].retries),
             "test_user_server": lambda: user_server_outcome(session, url),
-            "drift": lambda: drift_outcome(session, cluster.helm, recorded.helm_revision, ours),
+            "drift": lambda: drift_outcome(session, cluster, recorded.helm_revision, ours),
         }
         for name in checks:
             log(f"checking {name} of {release} in {namespace}")

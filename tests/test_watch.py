@@ -55,8 +55,28 @@ def test_an_out_of_band_rollback_is_reported_as_drift(lab: Lab):
     assert "revision 3 (Rollback to 1) was not made by hubploy, which last deployed revision 2" in drift.description
     changed = drift.metadata["changed_values"].value
     assert "jupyterhub.singleuser.cpu" in ",".join(changed), changed
+    objects = drift.metadata["changed_objects"].value  # revision 3 renders revision 1's manifest, not 2's
+    assert objects and "revision 3 renders differently from 2: " in drift.description, drift.description
+    assert all("/" in name for name in objects), "objects are named, never shown"
     assert CANARY not in watched.recorded(), "values are named by their keys, never shown"
     assert [h["revision"] for h in lab.history()] == [1, 2, 3], "drift is reported, never corrected"
+
+
+def test_an_image_edited_in_the_cluster_is_reported_as_drift(lab: Lab):
+    """`kubectl set image`: helm never sees it, so only the live workloads against the manifest show it."""
+    lab.push_current_image()
+    deployed = lab.materialize(checks=True, chain=WATCHED)
+    assert deployed.checks()["drift"].passed, deployed.checks()["drift"].description
+    by_hand = [tool("kubectl"), "set", "image", "deployment/hub", "hub=registry.invalid/edited:by-hand"]
+    subprocess.run(
+        [*by_hand, "--namespace", lab.namespace], env=lab.cluster.kubectl_env(), check=True, capture_output=True
+    )
+    watched = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"}, chain=WATCHED)
+    drift = watched.checks()["drift"]
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    [edited] = drift.metadata["edited_images"].value
+    assert edited.startswith("Deployment/hub container hub runs registry.invalid/edited:by-hand where the release has ")
+    assert "not made by hubploy" not in drift.description, "the revision is still hubploy's: helm never saw the edit"
 
 
 def test_an_out_of_band_upgrade_is_reported_as_drift(lab: Lab, jupyterhub_chart: Path, tmp_path: Path):
