@@ -11,9 +11,11 @@ import socket
 import dagster as dg
 import pytest
 from services.lab import CRASHING_HUB, Lab
+from services.ticker import Ticker
 
+from hubploy_dagster.holds import release_held_configuration
 from hubploy_dagster.keys import release_key
-from hubploy_dagster.record import DeployRecord
+from hubploy_dagster.record import DeployRecord, Held
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +148,8 @@ def test_rollback_job_returns_a_release_to_a_chosen_revision(lab: Lab):
 def test_a_failed_upgrade_rolls_back_to_the_last_healthy_revision_and_prod_is_untouched(lab: Lab):
     """helm fails halfway (the new revision's hub never becomes ready, no --atomic): with `rollback: on-failure`
     the release goes back to the last healthy revision, prod in the same run is not deployed, and the run's
-    events hold both the failure and the rollback."""
+    events hold both the failure and the rollback. The same configuration pushed again is held by the git
+    sensor until an operator releases it (issue 19)."""
     lab.configure(lab.environments() + "rollback: on-failure\nhelm: {timeout: 15s}\n")
     lab.push_current_image()
     healthy = lab.materialize("staging", "prod", checks=True)
@@ -169,3 +172,12 @@ def test_a_failed_upgrade_rolls_back_to_the_last_healthy_revision_and_prod_is_un
         "fingerprint": lab.fingerprint(),  # the configuration that failed: the sensor holds it
     }
     assert failed.materialized() == [] and lab.history("prod") == prod_before
+
+    again = lab.builder.commit("notes, the configuration as it was", {"NOTES.md": "the crash is looked into\n"})
+    ticker = Ticker(lab.builder)
+    ticker.instance = lab.instance  # the sensor reads the deploy record the rollback wrote
+    assert ticker.tick()[0] == [], "the rolled-back configuration is not deployed again"
+    hold = DeployRecord(lab.instance).latest_fact("lab", "staging")
+    assert isinstance(hold, Held) and (hold.kind, hold.git_sha) == ("rollback", again), hold
+    release_held_configuration(DeployRecord(lab.instance), "lab", "staging", "dana", "the image is fixed upstream")
+    assert ticker.tick()[0] == [("lab", "staging", again)], "released: the sensor deploys it"
