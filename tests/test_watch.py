@@ -11,11 +11,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from services.cluster import tool
+from services.http_stub import serving
 from services.lab import CANARY, Lab
 
 from hubploy_dagster import rollout
@@ -126,17 +129,50 @@ def test_the_watch_sensor_asks_for_each_release_s_checks_once_per_period(lab: La
     assert [r.run_key for r in requests()] != [request.run_key], "the next period checks again"
 
 
+class BlipFront(BaseHTTPRequestHandler):
+    """In front of the real hub: the first request of each blip meets a 503 (a load balancer's hiccup), the
+    others reach the hub."""
+
+    upstream = ""
+    blips = 1  # requests left to refuse
+
+    def do_GET(self) -> None:
+        if BlipFront.blips > 0:
+            BlipFront.blips -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        answer = httpx.get(BlipFront.upstream + self.path)
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def test_a_hub_that_breaks_after_its_deploy_turns_red_and_is_not_rolled_back(lab: Lab, jupyterhub_server):
-    lab.configure(lab.environments(staging_url=jupyterhub_server.url) + "rollback: on-failure\n")
-    lab.push_current_image()
-    deployed = lab.materialize(checks=True)
-    assert deployed.checks()["hub_api"].passed
-    jupyterhub_server.stop()  # the hub breaks later (a node pool change, an expired certificate...)
-    try:
-        watched = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"})
-    finally:
-        jupyterhub_server.start()
-    assert not watched.checks()["hub_api"].passed, "red on the scheduled evaluation"
-    assert watched.checks()["hub_api"].metadata["attempts"].value == 1  # hub_api: retries 0 in the lab's config
+    """A failure is retried: a blip passes on its second attempt, a hub that stays down is reported after all of
+    them (the check's metadata counts them), and the scheduled run never rolls back."""
+    BlipFront.upstream = jupyterhub_server.url.rstrip("/")
+    with serving(BlipFront) as front:
+        lab.configure(lab.environments(staging_url=front) + "rollback: on-failure\n", hub_api_retries=1)
+        lab.push_current_image()
+        BlipFront.blips = 0
+        deployed = lab.materialize(checks=True)
+        assert deployed.checks()["hub_api"].passed
+        BlipFront.blips = 1
+        blip = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"})
+        hub_api = blip.checks()["hub_api"]
+        assert hub_api.passed and hub_api.metadata["attempts"].value == 2, "a blip is retried, not reported"
+        jupyterhub_server.stop()  # the hub breaks later (a node pool change, an expired certificate...)
+        try:
+            watched = lab.materialize(checks_only=True, tags={TAG_PURPOSE: "watch"})
+        finally:
+            jupyterhub_server.start()
+    hub_api = watched.checks()["hub_api"]
+    assert not hub_api.passed, "red on the scheduled evaluation"
+    assert hub_api.metadata["attempts"].value == 2, "reported once every attempt failed (retries: 1)"
     assert not any(isinstance(f, Rollback) for _, f in DeployRecord(lab.instance).facts("lab", "staging"))
     assert [h["revision"] for h in lab.history()] == [1], "reported, not rolled back"

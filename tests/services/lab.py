@@ -96,7 +96,7 @@ class Lab:
     workdir: Path
     instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
 
-    def configure(self, extra: str = "", token: str | None = None) -> str:
+    def configure(self, extra: str = "", token: str | None = None, hub_api_retries: int = 0) -> str:
         """Commit the hub's hubploy.yaml (our keys in `extra`) and its encrypted staging/prod secrets."""
         secret = f"jupyterhub:\n  proxy:\n    secretToken: {CANARY}\n"
         if token:
@@ -104,8 +104,8 @@ class Lab:
         config = (
             f"images:\n  image_name: {self.image}\nchart: chart\n"
             "helm: {timeout: 20s, atomic: true}\n"
-            "health: {workloads: {retries: 0}, release: {retries: 0}, hub_api: {retries: 0, timeout_seconds: 5}}\n"
-            + extra
+            "health: {workloads: {retries: 0}, release: {retries: 0}, "
+            f"hub_api: {{retries: {hub_api_retries}, timeout_seconds: 5}}}}\n" + extra
         )
         files = {"hubs/lab/hubploy.yaml": config}
         for env in ("staging", "prod"):
