@@ -178,7 +178,7 @@ def release_step_start(dev: Any, run_id: str) -> float:
     """When the run's release step started (epoch seconds), from its ExecutionStepStartEvent."""
     events = dev.graphql(EVENTS, {"runId": run_id})["logsForRun"]["events"]
     for event in events:
-        if event["__typename"] == "ExecutionStepStartEvent" and (event.get("stepKey") or "").endswith("__staging"):
+        if event["__typename"] == "ExecutionStepStartEvent" and (event.get("stepKey") or "").endswith("__releases"):
             return float(event["timestamp"]) / 1000
     raise AssertionError(f"run {run_id} has no release step start")
 

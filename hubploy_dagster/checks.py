@@ -1,13 +1,13 @@
 """Health checks after each release, and what their outcome records: a healthy mark, or a rollback.
 
-A deploy is done when the hub works. After a release asset materializes, one check step runs every enabled
-check of the hub (`health` in hubploy.yaml): helm's record of the release, the workloads' rollout, the hub
-API, and a test user's server. Blocking checks that fail stop the run before prod; when every blocking
-check passes, the revision and the hub's configuration fingerprint are recorded as healthy (the deploy
+A deploy is done when the hub works. After a release materializes, the same step runs every enabled check of
+the hub (`health` in hubploy.yaml): helm's record of the release, the workloads' rollout, the hub API, and a
+test user's server; a run of the checks alone (the watch sensor's, a soak's end, the UI's) runs only them.
+Blocking checks that fail stop the run before prod; when every blocking check passes, the revision and the hub's configuration fingerprint are recorded as healthy (the deploy
 record), which is what rollback returns to and what the promotion gate asks of the next environment.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import dagster as dg
@@ -18,7 +18,7 @@ from hubploy_dagster.deployment import Hub
 from hubploy_dagster.drift import drift_outcome
 from hubploy_dagster.health_api import CheckOutcome, check_hub_api, check_test_user, sleep_backoff
 from hubploy_dagster.health_cluster import check_release, check_workloads
-from hubploy_dagster.keys import group_name, release_key
+from hubploy_dagster.keys import release_key
 from hubploy_dagster.policy import roll_back
 from hubploy_dagster.record import DeployRecord, Fact, Healthy, Release, observation
 from hubploy_dagster.resources import TAG_PURPOSE, DeploymentRepoResource, SopsResource
@@ -82,50 +82,60 @@ def _metadata(outcome: CheckOutcome) -> dict[str, Any]:
     }
 
 
-def release_health_checks(hub: Hub, env: str, watched: bool = False) -> dg.AssetChecksDefinition | None:
-    """One check step for the release: every enabled check, then the healthy record or a rollback."""
-    checks = enabled_checks(hub, env, watched)
-    if not checks:
-        return None
+def health_check_specs(hub: Hub, env: str, watched: bool = False) -> list[dg.AssetCheckSpec]:
+    """The release's checks, as its asset declares them (they run in the releases' step, `health_results`)."""
     key = release_key(hub.name, env)
-    specs = [dg.AssetCheckSpec(name, asset=key, blocking=settings.blocking) for name, settings in checks.items()]
+    return [
+        dg.AssetCheckSpec(name, asset=key, blocking=settings.blocking)
+        for name, settings in enabled_checks(hub, env, watched).items()
+    ]
 
-    @dg.multi_asset_check(specs=specs, name=f"{group_name(hub.name)}__{env}_health", can_subset=True)
-    def _health(
-        context: dg.AssetCheckExecutionContext, deployment_repo: DeploymentRepoResource, sops: SopsResource
-    ) -> Iterator[dg.AssetCheckResult]:
-        event = context.instance.get_latest_materialization_event(key)
-        if event is None or event.asset_materialization is None:
-            for name in checks:
-                yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=False, description="never deployed")
-            return
-        recorded = Release.of({k: v.value for k, v in event.asset_materialization.metadata.items()})
-        session = HubSession.at(deployment_repo.open(), recorded.git_sha, hub.name, env, sops.sops(), context.log.info)
-        masker = session.masker
-        record = DeployRecord(context.instance)
-        ours = record.hubploy_revisions(hub.name, env) if "drift" in checks else set()
-        outcomes = run_checks(session, recorded, checks, ours)
-        for name, outcome in outcomes.items():
-            yield dg.AssetCheckResult(
-                asset_key=key,
-                check_name=name,
-                passed=outcome.passed,
-                description=masker(outcome.description),
-                metadata=_metadata(outcome),
-                severity=dg.AssetCheckSeverity.WARN if name == "drift" else dg.AssetCheckSeverity.ERROR,
-            )
-        failed = [name for name, outcome in outcomes.items() if not outcome.passed and checks[name].blocking]
-        watching = context.run.tags.get(TAG_PURPOSE) == "watch"  # a hub that broke later is reported, not rolled back
-        if not failed:
-            fact: Fact = Healthy(recorded.helm_revision, recorded.fingerprint or "", recorded.git_sha)
-        elif session.hub.config.rollback == "on-failure" and not watching:
-            cause = {"failed_checks": ", ".join(failed)}
-            fact = roll_back(record, session, recorded.helm_revision, cause, context.log)
-        else:
-            return
-        context.op_execution_context.log_event(observation(hub.name, env, fact))
 
-    return _health
+def health_results(
+    context: dg.AssetExecutionContext,
+    hub: Hub,
+    env: str,
+    watched: bool,
+    names: list[str],
+    deployment_repo: DeploymentRepoResource,
+    sops: SopsResource,
+) -> Generator[dg.AssetCheckResult | dg.AssetObservation, None, bool]:
+    """The checks `names` of the release's latest materialization, then the healthy record or a rollback;
+    returns whether every blocking one passed."""
+    key = release_key(hub.name, env)
+    enabled = enabled_checks(hub, env, watched)
+    checks = {name: enabled[name] for name in names}
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        for name in checks:
+            yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=False, description="never deployed")
+        return not any(settings.blocking for settings in checks.values())
+    recorded = Release.of({k: v.value for k, v in event.asset_materialization.metadata.items()})
+    session = HubSession.at(deployment_repo.open(), recorded.git_sha, hub.name, env, sops.sops(), context.log.info)
+    record = DeployRecord(context.instance)
+    ours = record.hubploy_revisions(hub.name, env) if "drift" in checks else set()
+    outcomes = run_checks(session, recorded, checks, ours)
+    for name, outcome in outcomes.items():
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name=name,
+            passed=outcome.passed,
+            description=session.masker(outcome.description),
+            metadata=_metadata(outcome),
+            severity=dg.AssetCheckSeverity.WARN if name == "drift" else dg.AssetCheckSeverity.ERROR,
+        )
+    failed = [name for name, outcome in outcomes.items() if not outcome.passed and checks[name].blocking]
+    watching = context.run.tags.get(TAG_PURPOSE) == "watch"  # a hub that broke later is reported, not rolled back
+    blocking = {name for name, settings in enabled.items() if settings.blocking}
+    if not failed and blocking <= set(checks):  # only a run of every blocking check makes a healthy mark
+        fact: Fact = Healthy(recorded.helm_revision, recorded.fingerprint or "", recorded.git_sha)
+    elif session.hub.config.rollback == "on-failure" and not watching:
+        cause = {"failed_checks": ", ".join(failed)}
+        fact = roll_back(record, session, recorded.helm_revision, cause, context.log)
+    else:
+        return not failed
+    yield observation(hub.name, env, fact)
+    return not failed
 
 
 def run_checks(

@@ -58,12 +58,7 @@ def build_definitions(
         other = groups.setdefault(group_name(hub.name), hub.name)
         if other != hub.name:
             raise ConfigError.single(hub.config_path, "", f"hubs {other!r} and {hub.name!r} map to one group name")
-    assets: list[dg.AssetsDefinition | dg.AssetSpec] = []
-    checks: list[dg.AssetChecksDefinition] = []
-    for hub in hubs:
-        hub_asset_list, hub_checks = hub_assets(hub, chain)
-        assets += hub_asset_list
-        checks += hub_checks
+    assets = [definition for hub in hubs for definition in hub_assets(hub, chain)]
     owners = {hub.name: hub.config.owners for hub in hubs}
     sensors = [
         build_git_sensor(source, chain, settings.sensor_interval),
@@ -73,7 +68,6 @@ def build_definitions(
     ]
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
         # No job spanning every hub (each would be a copy of the whole graph in the snapshot): the sensor and
         # the UI run the code location's own asset job with the assets they select.
         jobs=[rollback, plan, release_hold, reject],

@@ -18,10 +18,11 @@ from click.testing import CliRunner
 from services.lab import Run
 from services.repos import CHART_FILES, PROJECT_ROOT, RepoBuilder, new_age_key, sops_encrypt
 
-from hubploy_dagster.assets import image_asset, image_in_registry_check
+from hubploy_dagster.assets import image_asset
 from hubploy_dagster.chain import default_chain
 from hubploy_dagster.cli import main
 from hubploy_dagster.deployment import load_deployment
+from hubploy_dagster.keys import image_key
 from hubploy_dagster.registry import RegistryClient
 from hubploy_dagster.resources import DeploymentRepoResource, DockerEngineResource, SopsResource
 from hubploy_dagster.tags import tag_from_sha
@@ -64,10 +65,10 @@ def materialize_image(
     instance = instance or dg.DagsterInstance.ephemeral()
     deployment = load_deployment(builder.open().snapshot(sha))
     hub = deployment.hub("lab")
-    check = image_in_registry_check(hub)
+    key = image_key("lab")
     result = dg.materialize(
-        [image_asset(hub, default_chain()), check],
-        selection=dg.AssetSelection.checks(check) if checks_only else None,
+        [image_asset(hub, default_chain())],
+        selection=dg.AssetSelection.checks_for_assets(key) if checks_only else None,
         instance=instance,
         resources={
             "deployment_repo": DeploymentRepoResource(source=str(builder.path)),

@@ -36,7 +36,7 @@ WATCHED = Chain(default_chain().branches, watch={"staging": "1h"})
 
 def test_only_watched_environments_check_drift(lab: Lab):
     def staging_checks(chain: Chain) -> set[str]:
-        definitions = hub_assets(lab.hub(), chain)[1]
+        definitions = hub_assets(lab.hub(), chain)
         return {key.name for d in definitions for key in d.check_keys if key.asset_key.path[-1] == "staging"}
 
     assert "drift" not in staging_checks(default_chain()) and "drift" in staging_checks(WATCHED)
@@ -107,13 +107,13 @@ def test_the_watch_sensor_asks_for_each_release_s_checks_once_per_period(lab: La
     clock = [datetime(2026, 12, 1, 10, 5, tzinfo=UTC)]
     monkeypatch.setattr(rollout, "now", lambda: clock[0])
     chain = WATCHED
-    assets, checks = hub_assets(lab.hub(), chain)
+    assets = hub_assets(lab.hub(), chain)
     resources = {
         "deployment_repo": DeploymentRepoResource(source=str(lab.builder.path)),
         "docker_engine": DockerEngineResource(),
         "sops": SopsResource(age_key_file=str(lab.age_key)),
     }
-    defs = dg.Definitions(assets=assets, asset_checks=checks, sensors=[build_watch_sensor(chain)], resources=resources)
+    defs = dg.Definitions(assets=assets, sensors=[build_watch_sensor(chain)], resources=resources)
     sensor = defs.resolve_sensor_def("watch_releases")
 
     def requests() -> list[dg.RunRequest]:

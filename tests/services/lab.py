@@ -145,7 +145,7 @@ class Lab:
         chain: Chain | None = None,
     ) -> Run:
         envs = envs or ("staging",)
-        assets, asset_checks = hub_assets(self.hub(), chain or default_chain())
+        assets = hub_assets(self.hub(), chain or default_chain())
         keys = [release_key("lab", env) for env in envs]
         if checks_only:
             selection = dg.AssetSelection.checks_for_assets(*keys)
@@ -153,7 +153,7 @@ class Lab:
             selection = dg.AssetSelection.assets(*keys)
             selection = selection if checks else selection.without_checks()
         result = dg.materialize(
-            [*assets, *asset_checks],
+            assets,
             selection=selection,
             resources={
                 "deployment_repo": DeploymentRepoResource(source=str(self.builder.path)),
