@@ -104,7 +104,7 @@ def child_load(path: str, out: Path, profile_top: int) -> None:
         "phases": phases,
         "snapshot_bytes": len(payload),
         "assets": len(repository.assets_defs_by_key),
-        "asset_checks": len(repository.asset_checks_defs_by_key),
+        "asset_checks": len(repository.asset_graph.asset_check_keys),
         "jobs": len(repository.job_names),
         "sensors": len(repository.sensor_defs),
         "started": started,
