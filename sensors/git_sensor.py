@@ -136,13 +136,17 @@ def note_hold(
 
 def recheck_request(context: dg.SensorEvaluationContext, hub: str, env: str, sha: str, since: int) -> dg.RunRequest:
     """The checks of `hub` in `env` once more, after its configuration soaked there (once per soak: `since`)."""
+    return checks_request(context, hub, env, f"{hub}:{env}:soaked:{since}", {TAG_GIT_SHA: sha})
+
+
+def checks_request(
+    context: dg.SensorEvaluationContext, hub: str, env: str, run_key: str, tags: dict[str, str]
+) -> dg.RunRequest:
+    """A run of the release's checks alone (no deploy), tagged with its hub and environment besides `tags`."""
     key = release_key(hub, env)
     checks = [check for check in context.repository_def.asset_graph.asset_check_keys if check.asset_key == key]
     return dg.RunRequest(
-        run_key=f"{hub}:{env}:soaked:{since}",
-        asset_selection=[],
-        asset_check_keys=checks,
-        tags={TAG_HUB: hub, TAG_ENV: env, TAG_GIT_SHA: sha},
+        run_key=run_key, asset_selection=[], asset_check_keys=checks, tags={TAG_HUB: hub, TAG_ENV: env, **tags}
     )
 
 

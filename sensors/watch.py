@@ -13,7 +13,8 @@ from hubploy_dagster import rollout
 from hubploy_dagster.chain import Chain
 from hubploy_dagster.config import parse_duration
 from hubploy_dagster.keys import image_key, release_key
-from hubploy_dagster.resources import TAG_ENV, TAG_HUB, TAG_PURPOSE
+from hubploy_dagster.resources import TAG_PURPOSE
+from sensors.git_sensor import checks_request
 
 
 def build_watch_sensor(chain: Chain) -> dg.SensorDefinition:
@@ -33,16 +34,9 @@ def build_watch_sensor(chain: Chain) -> dg.SensorDefinition:
             deployed = context.instance.get_latest_materialization_events([release_key(hub, env) for hub in hubs])
             for key in sorted(k for k, event in deployed.items() if event is not None):
                 hub = key.path[0]
-                checks = [check for check in graph.asset_check_keys if check.asset_key == key]
-                if checks:
-                    requests.append(
-                        dg.RunRequest(
-                            run_key=f"{hub}:{env}:watch:{period}",
-                            asset_selection=[],
-                            asset_check_keys=checks,
-                            tags={TAG_HUB: hub, TAG_ENV: env, TAG_PURPOSE: "watch"},
-                        )
-                    )
+                request = checks_request(context, hub, env, f"{hub}:{env}:watch:{period}", {TAG_PURPOSE: "watch"})
+                if request.asset_check_keys:
+                    requests.append(request)
         if not requests:
             return dg.SkipReason(f"no deployed release in {', '.join(chain.watch)} to check")
         return dg.SensorResult(run_requests=requests)
