@@ -237,11 +237,14 @@ def release_assets(hub: Hub, chain: Chain) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, deployment_repo: DeploymentRepoResource, sops: SopsResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
         blocked = False  # a release that did not deploy, or failed blocking checks: no later release deploys
+        queued = queue_wait(context.instance, context.run) if context.selected_asset_keys else {}
+        if queued:
+            context.log.info(f"waited {queued['queued_seconds']}s in the run queue: {queued['queued_behind']}")
         for env in chain.names:
             key = release_key(hub.name, env)
             deploying = key in context.selected_asset_keys
             if deploying and (
-                blocked or not (yield from release_events(context, hub, chain, env, deployment_repo, sops))
+                blocked or not (yield from release_events(context, hub, chain, env, queued, deployment_repo, sops))
             ):
                 blocked = True
                 continue  # nor are its checks run (as Dagster skips a step whose asset did not materialize)
@@ -258,12 +261,14 @@ def release_events(
     hub: Hub,
     chain: Chain,
     env: str,
+    queued: dict[str, Any],
     deployment_repo: DeploymentRepoResource,
     sops: SopsResource,
 ) -> Generator[dg.MaterializeResult | dg.AssetObservation, None, bool]:
     """`helm upgrade --install` of the hub in one environment at the run's commit; returns whether it deployed.
 
-    Past the first environment, the promotion gate (`policy.promotion`) decides whether it deploys.
+    Past the first environment, the promotion gate (`policy.promotion`) decides whether it deploys. `queued`:
+    the run's wait in the queue (`queue_wait`), recorded with the release.
     """
     repo = deployment_repo.open()
     sha = deployment_repo.pinned_commit(context, env)
@@ -276,9 +281,6 @@ def release_events(
         )
         yield observation(hub.name, env, Superseded(newer.run_id, sha))
         return False
-    queued = queue_wait(context.instance, context.run)
-    if queued:
-        context.log.info(f"waited {queued['queued_seconds']}s in the run queue: {queued['queued_behind']}")
     record = DeployRecord(context.instance)
     override = context.run.tags.get(TAG_PROMOTION_OVERRIDE)
     soak = soaking(record, chain, env, {hub.name: session.hub}, {hub.name: fingerprint}).get(hub.name)

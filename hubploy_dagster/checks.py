@@ -3,8 +3,9 @@
 A deploy is done when the hub works. After a release materializes, the same step runs every enabled check of
 the hub (`health` in hubploy.yaml): helm's record of the release, the workloads' rollout, the hub API, and a
 test user's server; a run of the checks alone (the watch sensor's, a soak's end, the UI's) runs only them.
-Blocking checks that fail stop the run before prod; when every blocking check passes, the revision and the hub's configuration fingerprint are recorded as healthy (the deploy
-record), which is what rollback returns to and what the promotion gate asks of the next environment.
+Blocking checks that fail stop the run before prod; when every blocking check passes, the revision and the
+hub's configuration fingerprint are recorded as healthy (the deploy record), which is what rollback returns to
+and what the promotion gate asks of the next environment.
 """
 
 from collections.abc import Callable, Generator

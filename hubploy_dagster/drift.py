@@ -25,7 +25,7 @@ import yaml
 from hubploy_dagster.cloud import ClusterLogin
 from hubploy_dagster.health_api import CheckOutcome
 from hubploy_dagster.helm import Helm
-from hubploy_dagster.kube import REQUEST_TIMEOUT, ClusterError, api_client, call
+from hubploy_dagster.kube import REQUEST_TIMEOUT, WORKLOAD_KINDS, ClusterError, api_client, call
 from hubploy_dagster.release import DeployOptions, hub_images, prepared_release
 from hubploy_dagster.session import Cluster, HubSession
 
@@ -68,7 +68,7 @@ def drift_outcome(session: HubSession, cluster: Cluster, deployed_revision: int 
         request = prepared.request
         release, namespace = request.release, request.namespace
         history = helm.history(release, namespace)
-        live_values = json.loads(helm_get(helm, release, namespace, "values", "-o", "json") or "null")
+        live_values = json.loads(helm.get("values", release, namespace, "-o", "json") or "null")
         documents = [yaml.safe_load(path.read_text()) for path in request.values_files]
         chart = yaml.safe_load((request.chart / "Chart.yaml").read_text()) or {}
     expected = merged_values(documents, [(i.helm_path, i.name, i.tag) for i in images])
@@ -106,20 +106,14 @@ def drift_outcome(session: HubSession, cluster: Cluster, deployed_revision: int 
     return CheckOutcome(False, f"{release} drifted: " + "; ".join(findings), metadata)
 
 
-def helm_get(helm: Helm, release: str, namespace: str, part: str, *flags: str) -> str:
-    """`helm get <part>` of the release (its text can hold secrets: never logged)."""
-    args = ["get", part, release, "--namespace", namespace, *flags]
-    return helm.run(args, f"helm get {part}", quiet=True)
-
-
 def object_drift(
     helm: Helm, release: str, namespace: str, live_revision: int, deployed_revision: int | None
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The live revision's objects, and the names of those that differ in the revision hubploy deployed."""
-    live = manifest_objects(helm_get(helm, release, namespace, "manifest"))
+    live = manifest_objects(helm.get("manifest", release, namespace))
     if deployed_revision is None or deployed_revision == live_revision:
         return live, []
-    deployed = manifest_objects(helm_get(helm, release, namespace, "manifest", "--revision", str(deployed_revision)))
+    deployed = manifest_objects(helm.get("manifest", release, namespace, "--revision", str(deployed_revision)))
     return live, differing_objects(live, deployed)
 
 
@@ -143,16 +137,12 @@ def edited_images(login: ClusterLogin, namespace: str, objects: dict[str, dict[s
     found = []
     with api_client(login) as client:
         apps = kubernetes.client.AppsV1Api(client)
-        readers = {
-            "Deployment": apps.read_namespaced_deployment,
-            "StatefulSet": apps.read_namespaced_stateful_set,
-            "DaemonSet": apps.read_namespaced_daemon_set,
-        }
         for name, manifest in sorted(objects.items()):
             kind, _, object_name = name.partition("/")
-            if kind not in readers:
+            if kind not in WORKLOAD_KINDS:
                 continue
-            read = partial(readers[kind], object_name, namespace, _request_timeout=REQUEST_TIMEOUT)
+            reader = getattr(apps, f"read_namespaced_{WORKLOAD_KINDS[kind]}")
+            read = partial(reader, object_name, namespace, _request_timeout=REQUEST_TIMEOUT)
             try:
                 workload = call(client, f"reading {name} in {namespace}", read)
             except kubernetes.client.ApiException as exc:

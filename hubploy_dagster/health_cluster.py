@@ -14,7 +14,7 @@ import kubernetes
 from hubploy_dagster.cloud import ClusterLogin
 from hubploy_dagster.health_api import CheckOutcome
 from hubploy_dagster.helm import Helm
-from hubploy_dagster.kube import REQUEST_TIMEOUT, api_client, call
+from hubploy_dagster.kube import REQUEST_TIMEOUT, WORKLOAD_KINDS, api_client, call
 
 RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 BAD_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
@@ -66,13 +66,9 @@ def check_workloads(
     """
     with api_client(login) as client:
         apps = kubernetes.client.AppsV1Api(client)
-        listings = {
-            "Deployment": apps.list_namespaced_deployment,
-            "StatefulSet": apps.list_namespaced_stateful_set,
-            "DaemonSet": apps.list_namespaced_daemon_set,
-        }
         workloads = []
-        for kind, list_items in listings.items():
+        for kind, suffix in WORKLOAD_KINDS.items():
+            list_items = getattr(apps, f"list_namespaced_{suffix}")
             request = partial(list_items, namespace, _request_timeout=timeout_seconds)
             for item in call(client, f"listing {kind}s in {namespace}", request).items:
                 if (item.metadata.annotations or {}).get(RELEASE_ANNOTATION) == release:

@@ -140,16 +140,17 @@ class Helm:
         args = ["history", release, "--namespace", namespace, "-o", "json"]
         return json.loads(self.run(args, f"helm history {release}", quiet=True))
 
+    def get(self, part: str, release: str, namespace: str, *flags: str) -> str:
+        """`helm get <part>` (values, manifest, hooks...) of a release; its text can carry secrets: never logged."""
+        return self.run(["get", part, release, "--namespace", namespace, *flags], f"helm get {part}", quiet=True)
+
     def live_manifests(self, release: str, namespace: str) -> str | None:
         """What the deployed revision applied: `helm get manifest` plus its hooks (`helm template` renders both).
 
         None when there is no such release. The text carries secret values: callers mask it.
         """
         try:
-            return "\n---\n".join(
-                self.run(["get", part, release, "--namespace", namespace], f"helm get {part}", quiet=True)
-                for part in ("manifest", "hooks")
-            )
+            return "\n---\n".join(self.get(part, release, namespace) for part in ("manifest", "hooks"))
         except HelmError as exc:
             if "release: not found" in str(exc):
                 return None

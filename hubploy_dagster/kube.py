@@ -18,6 +18,9 @@ from hubploy_dagster.errors import HubployError
 
 REQUEST_TIMEOUT = 15
 T = TypeVar("T")
+# The workloads that run a release's pods, by kind: the suffix of their AppsV1Api methods
+# (`list_namespaced_<suffix>`, `read_namespaced_<suffix>`).
+WORKLOAD_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}
 
 
 class ClusterError(HubployError):
