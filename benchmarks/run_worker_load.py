@@ -4,12 +4,14 @@ A run launched by the Docker or Kubernetes run launcher executes in a fresh proc
 ARGS`, which loads the code location before its first step. This measures that load in a child process, the
 way the worker does it: the run's arguments on the command line (a run of `hub-0000`'s image and staging
 release, recorded in a fresh instance), the code location's `defs()`, and the asset job the run executes. The
-same child without the run's arguments is the full load a code server pays (every hub).
+same child without the run's arguments is the full load a code server pays (every hub). The third figure is a
+worker forked by hubploy's run launcher (`hubploy_dagster/run_launcher.py`): a child starts the launcher's
+forkserver (its preload list, imported once) and forks `worker_probe.py` from it, which does the same load.
 
     .venv/bin/python benchmarks/run_worker_load.py --hubs 300 --commits 2000 [--repeat 3] [--json]
 
-Invariants checked on every run (what the smoke test in tests/test_benchmarks.py relies on): the worker says it
-loads only the run's hub, and its asset job holds the run's assets; the full load holds every hub's.
+Invariants checked on every run (what the smoke test in tests/test_benchmarks.py relies on): both workers say
+they load only the run's hub, and their asset jobs hold the run's assets; the full load holds every hub's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ job = defs().get_repository_def().get_job("__ASSET_JOB")
 print(json.dumps({"hubs": len({key.path[0] for key in job.asset_layer.asset_graph.get_all_asset_keys()})}))
 """
 
+# The forked worker: the run launcher's forkserver, warmed once (its preloading is a one-time cost of the
+# daemon, not of a run), then the probe forked from it.
+FORKED_CHILD = r"""
+import json, multiprocessing, sys
+from multiprocessing import forkserver
+import worker_probe
+from hubploy_dagster.run_launcher import DEFAULT_PRELOAD
+context = multiprocessing.get_context("forkserver")
+context.set_forkserver_preload(list(DEFAULT_PRELOAD))
+forkserver.ensure_running()
+here, there = context.Pipe()
+probe = context.Process(target=worker_probe.load_like_a_worker, args=(sys.argv[1], there))
+probe.start()
+print(json.dumps(here.recv()))
+probe.join()
+"""
+MODES = {"run worker": CHILD, "forked run worker": FORKED_CHILD, "full load": CHILD}
+
 
 def run_arguments(instance: dg.DagsterInstance) -> str:
     """A run of HUB's image and staging release, and the arguments the run launchers give its worker."""
@@ -58,23 +78,27 @@ def run_arguments(instance: dg.DagsterInstance) -> str:
     return dg.serialize_value(ExecuteRunArgs(job_origin=origin, run_id=run_id, instance_ref=instance.get_ref()))
 
 
-def measure(repo: Path, worker: bool) -> dict[str, Any]:
+def measure(repo: Path, mode: str) -> dict[str, Any]:
+    worker = mode != "full load"
     with tempfile.TemporaryDirectory() as home:
         (Path(home) / "dagster.yaml").write_text("")
         env = {**os.environ, "DAGSTER_HOME": home, "HUBPLOY_REPO": str(repo)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
         env.pop("HUBPLOY_BRANCHES", None)
         with dg.DagsterInstance.from_config(home) as instance:
             args = run_arguments(instance) if worker else "-"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        child = subprocess.run([sys.executable, "-c", CHILD, args], env=env, capture_output=True, text=True)
+        child = subprocess.run([sys.executable, "-c", MODES[mode], args], env=env, capture_output=True, text=True)
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert child.returncode == 0, child.stderr[-3000:]
     said_narrow = f"deploys {HUB}: loading only those hubs" in child.stderr
     assert said_narrow == worker, child.stderr[-2000:]
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"wall": wall, "cpu": cpu, **json.loads(child.stdout)}
+    figure = json.loads(child.stdout)
+    if "cpu" not in figure:  # a fresh process: all it used, start and exit included
+        figure |= {"wall": wall, "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
+    return figure
 
 
 def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,11 +117,11 @@ def main() -> None:
     figures: dict[str, dict[str, Any]] = {}
     for hubs in (args.hubs, 1):
         repo, _ = ensure_repo(SyntheticRepoSpec(hubs=hubs, commits=args.commits), args.workdir)
-        for worker in (True, False):
-            label = f"{hubs} hubs, {'run worker' if worker else 'full load'}"
+        for mode in MODES:
+            label = f"{hubs} hubs, {mode}"
             progress(f"[{label}] {args.repeat} child process(es) ...")
-            figures[label] = median([measure(repo.path, worker) for _ in range(args.repeat)])
-            expected = 1 if worker else hubs
+            figures[label] = median([measure(repo.path, mode) for _ in range(args.repeat)])
+            expected = hubs if mode == "full load" else 1
             assert figures[label]["hubs"] == expected, (label, figures[label])
 
     many, one = f"{args.hubs} hubs", "1 hub"
@@ -107,10 +131,13 @@ def main() -> None:
         "worker_vs_one_hub_full_load_cpu": worker / figures["1 hubs, full load"]["cpu"],
         "full_load_vs_one_hub_full_load_cpu": figures[f"{many}, full load"]["cpu"]
         / figures["1 hubs, full load"]["cpu"],
+        "forked_worker_vs_one_hub_forked_worker_cpu": figures[f"{many}, forked run worker"]["cpu"]
+        / figures["1 hubs, forked run worker"]["cpu"],
+        "forked_worker_vs_worker_cpu": figures[f"{many}, forked run worker"]["cpu"] / worker,
     }
     print(f"\n== Run worker load: {args.hubs} hubs against 1 ==\nmachine: {machine(dagster=dg.__version__)}")
     for label, figure in figures.items():
-        print(f"  {label.replace('1 hubs', one):32} wall {figure['wall']:6.2f} s  cpu {figure['cpu']:6.2f} s  "
+        print(f"  {label.replace('1 hubs', one):36} wall {figure['wall']:6.2f} s  cpu {figure['cpu']:6.2f} s  "
               f"hubs loaded {figure['hubs']:.0f}")  # fmt: skip
     for name, ratio in ratios.items():
         print(f"  {name.replace('_', ' ')}: {ratio:.2f}x")

@@ -1,6 +1,6 @@
-"""The daemon dies with deploys queued and one running; the running deploy's worker dies too. Then the daemon
-comes back: no queued deploy is lost or launched twice, the interrupted one is failed and retried once, and the
-retry does not put its older commit over the newer ones deployed meanwhile.
+"""The daemon dies with deploys queued and one running; the running deploy's worker dies with it. Then the
+daemon comes back: no queued deploy is lost or launched twice, the interrupted one is failed (its worker found
+gone) and retried once, and the retry does not put its older commit over the newer ones deployed meanwhile.
 
 Dagster runs as in production, its code server, webserver and daemon as separate processes
 (tests/services/dagster_split.py); the deploys are real (git, Docker engine, registry, helm) on the local
@@ -84,14 +84,22 @@ def test_daemon_killed_with_deploys_queued_and_one_running_then_restarted(
             push(repo_builder, origin, "staging:refs/heads/staging")
             queued[sha] = dev.wait_for(f"the queued run of change {n}", lambda sha=sha: one(sha, "QUEUED"), WAIT_S)
 
+        # The run worker was forked beside the daemon (hubploy's run launcher): the machine the daemon ran on
+        # takes the worker and its helm with it.
+        worker = running["tags"]["hubploy/run_worker"]
         dagster.kill_daemon()
-        dagster.kill_run_worker(running["runId"])  # the machine the daemon ran on took the run worker with it
-        failed = dev.wait_for("the interrupted run to be marked failed", lambda: one(sha1, "FAILURE"), WAIT_S)
+        dagster.kill_run_worker(running["runId"])
         time.sleep(5)
         assert all(one(sha, "QUEUED") for sha in queued), "nothing is dequeued without a daemon"
+        assert one(sha1, "STARTED"), "nothing notices the dead worker without a daemon"
         assert helm_status(env, staging_ns) == "pending-upgrade"  # what the killed helm left
 
         dagster.start_daemon()
+        # The restarted daemon's run monitoring finds the worker gone by its pid and fails the run.
+        failed = dev.wait_for("the interrupted run to be marked failed", lambda: one(sha1, "FAILURE"), WAIT_S)
+        assert any(
+            f"run worker pid {worker.rpartition(':')[2]} is gone" in m for m in dev.run_messages(failed["runId"])
+        )
         retry = dev.wait_for(
             "the retry of the interrupted run",
             lambda: next((r for r in runs(sha1) if r["tags"].get("dagster/parent_run_id") == failed["runId"]), None),

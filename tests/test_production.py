@@ -91,6 +91,8 @@ def test_production_configs_keep_the_project_instance_settings():
     fields = ("hostname", "port", "username", "password", "db_name")
     assert {connection[field]["env"] for field in fields} == set(PG_VARIABLES)
     assert production["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert production["run_launcher"] == project["run_launcher"]  # workers forked beside the daemon
+    assert docker_config["run_launcher"]["class"] == "DockerRunLauncher"
     assert {s: docker_config[s] for s in SHARED_SECTIONS} == {s: production[s] for s in SHARED_SECTIONS}
 
     values = load_yaml(DEPLOY / "kubernetes" / "values.yaml")

@@ -3,8 +3,8 @@
 Unlike `dagster dev` (which stops everything when its daemon dies), each process here lives and dies on its
 own, so a test can kill the daemon, or one run's worker, and start the daemon again while the others go on.
 They share one DAGSTER_HOME (the project's dagster.yaml) and a workspace naming the code server's port.
-Run workers are children of the code server (the default run launcher), as on a Docker host without
-per-run containers.
+Run workers are forked beside the daemon by the project's run launcher (hubploy_dagster/run_launcher.py), as
+on one production machine without per-run containers.
 
 Fixture `dagster_split`: `start(env)` returns a running `SplitDagster`; everything is killed at teardown.
 """
