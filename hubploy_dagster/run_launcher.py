@@ -67,6 +67,21 @@ def execute_run(serialized_args: str) -> None:
     execute_run_command.main(args=[serialized_args], prog_name="dagster api execute_run")
 
 
+def is_forked_worker(pid: int) -> bool:
+    """Whether pid is still a worker forked by a forkserver: on Linux not a later process given the same pid."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        try:
+            return b"multiprocessing.forkserver" in (proc / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
     """Launches each run in a process forked from a forkserver that imported `preload_modules` once."""
 
@@ -171,9 +186,7 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
             return CheckRunHealthResult(
                 WorkerStatus.UNKNOWN, f"no run worker of this machine: {run.tags.get(WORKER_TAG)}"
             )
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not is_forked_worker(pid):
             return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker pid {pid} is gone")
         return CheckRunHealthResult(WorkerStatus.RUNNING)
 

@@ -23,7 +23,7 @@ from dagster._core.test_utils import create_run_for_test, instance_for_test, pol
 from dagster._core.workspace.context import BaseWorkspaceRequestContext, WorkspaceProcessContext
 from dagster._core.workspace.load_target import PythonFileTarget
 
-from hubploy_dagster.run_launcher import WORKER_TAG, PreloadedRunLauncher
+from hubploy_dagster.run_launcher import WORKER_TAG, PreloadedRunLauncher, is_forked_worker
 
 # The step reports what the worker had imported before any user code ran: the code location itself imports
 # nothing but dagster, so `kubernetes.client` can only be there because the worker was forked after preloading.
@@ -132,6 +132,8 @@ def test_run_monitoring_finds_a_killed_worker_by_its_pid(workspace):
     started = instance.get_run_by_id(run.run_id)
     assert started is not None and instance.run_launcher.check_run_worker_health(started).status == WorkerStatus.RUNNING
     pid = worker_pid(instance, run.run_id)
+    assert is_forked_worker(pid)
+    assert not is_forked_worker(os.getpid())  # a live process given the pid later is not taken for the worker
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while (health := instance.run_launcher.check_run_worker_health(started)).status == WorkerStatus.RUNNING:
