@@ -22,7 +22,7 @@ upgrade, checks) is the product's real cost. During the warm-up (the first start
 initial commit) the delay is 0.
 
 For each limit, largest first (`dagster dev` restarted with a DAGSTER_HOME dagster.yaml that is the shipped one with only
-`max_concurrent_runs` changed; the instance's storage, hence the sensor's cursor and the deployed releases, is
+`max_concurrent_runs` changed, and the per-cluster limit raised to it: every hub here shares one cluster; the instance's storage, hence the sensor's cursor and the deployed releases, is
 kept from one start to the next):
   1. one deploy alone: a push changing one hub's values; its run's start to end is "one deploy's time";
   2. the fan-out: a push changing all hubs' values at once; wall time = the first run's start to the last run's
@@ -138,7 +138,8 @@ class Origin:
 
 @contextlib.contextmanager
 def dagster_dev_with_limit(env: dict[str, str], workdir: Path, limit: int) -> Iterator[Any]:
-    """`dagster dev` whose DAGSTER_HOME dagster.yaml is the shipped one with `max_concurrent_runs: limit`.
+    """`dagster dev` whose DAGSTER_HOME dagster.yaml is the shipped one with `max_concurrent_runs: limit` (and the
+    per-cluster limit at least `limit`).
 
     `start_dagster_dev` copies `<PROJECT_ROOT>/dagster.yaml` into `<workdir>/dagster-home` (the same folder at
     every start, so the instance's storage is kept): it is pointed at a folder holding that variant and the
@@ -147,7 +148,13 @@ def dagster_dev_with_limit(env: dict[str, str], workdir: Path, limit: int) -> It
     from services import dagster_dev
 
     settings = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-    settings["concurrency"]["runs"]["max_concurrent_runs"] = limit
+    runs = settings["concurrency"]["runs"]
+    runs["max_concurrent_runs"] = limit
+    # Every hub here is on the one local cluster: the per-cluster limit (2 shipped) would cap every limit at 2.
+    # It is raised to the run limit, so this measures the run limit (tests/test_rollout_daemon.py tests the other).
+    for entry in runs["tag_concurrency_limits"]:
+        if entry["key"] == "cluster":
+            entry["limit"] = max(entry["limit"], limit)
     root = workdir / f"project-limit-{limit}"
     root.mkdir(exist_ok=True)
     (root / "dagster.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))

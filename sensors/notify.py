@@ -67,15 +67,16 @@ def build_failure_sensor(
     return notify_deploy_failures
 
 
-def event_message(hub: str, env: str, record: dg.EventLogRecord) -> str | None:
-    """The message for a deploy-record fact or a failed drift check worth telling people about, if any."""
-    where = f"*{hub}* in *{env}*"
-    event = record.event_log_entry.dagster_event
-    evaluation = event.event_specific_data if event is not None else None
-    if isinstance(evaluation, dg.AssetCheckEvaluation):
-        if evaluation.check_name == "drift" and not evaluation.passed:
-            return f":warning: {where} drifted from its commit: {evaluation.description or 'see the check'}"
+def drift_message(hub: str, env: str, evaluation: dg.AssetCheckEvaluation) -> str | None:
+    """The message for a failed drift check."""
+    if evaluation.check_name != "drift" or evaluation.passed:
         return None
+    return f":warning: *{hub}* in *{env}* drifted from its commit: {evaluation.description or 'see the check'}"
+
+
+def event_message(hub: str, env: str, record: dg.EventLogRecord) -> str | None:
+    """The message for a deploy-record fact worth telling people about, if any."""
+    where = f"*{hub}* in *{env}*"
     fact = fact_of(values_of(record))
     if isinstance(fact, Rollback):
         return f":rewind: {where} rolled back: {fact.summary()} ({fact.reason() or fact.state})"
@@ -100,34 +101,43 @@ def build_event_notifier(
         description="Posts rollbacks, refused promotions, holds and drift to the global and the owners' webhooks",
     )
     def notify_deploy_events(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        # Deploy-record facts are asset observations, which every event log storage can list across runs by
+        # storage id. Check evaluations are not (SQLite's default storage keeps them in each run's own file):
+        # the drift checks' latest executions are read by check key, with the id of their execution record.
         storage = context.instance.event_log_storage
-        kinds = (dg.DagsterEventType.ASSET_OBSERVATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-        if context.cursor is None:  # a new instance or sensor: only what happens from now on
-            newest = [storage.get_event_records(dg.EventRecordsFilter(kind), limit=1) for kind in kinds]
-            context.update_cursor(str(max((r[0].storage_id for r in newest if r), default=0)))
+        drift_keys = [key for key in context.repository_def.asset_graph.asset_check_keys if key.name == "drift"]
+        latest_drift = storage.get_latest_asset_check_execution_by_key(drift_keys) if drift_keys else {}
+        newest_drift = max((execution.id for execution in latest_drift.values()), default=0)
+        observed_text, _, drift_text = (context.cursor or "").partition(":")
+        if not observed_text:  # a new instance or sensor: only what happens from now on
+            newest = storage.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_OBSERVATION), limit=1)
+            context.update_cursor(f"{newest[0].storage_id if newest else 0}:{newest_drift}")
             return dg.SkipReason("started: events from now on are posted")
-        cursor, posted = int(context.cursor), 0
-        records = [
-            r
-            for kind in kinds
-            for r in storage.get_event_records(
-                dg.EventRecordsFilter(kind, after_cursor=cursor), limit=PAGE, ascending=True
-            )
-        ]
-        for record in sorted(records, key=lambda r: r.storage_id):
-            cursor = max(cursor, record.storage_id)
-            event = record.event_log_entry.dagster_event
-            data = event.event_specific_data if event is not None else None
-            key = data.asset_key if isinstance(data, dg.AssetCheckEvaluation) else record.asset_key
-            if key is None or len(key.path) != 2:
-                continue
-            hub, env = key.path
-            text = event_message(hub, env, record)
+        observed = int(observed_text)
+        drift_seen = int(drift_text) if drift_text else newest_drift  # an older cursor had no drift part
+        messages: list[tuple[str, str]] = []
+        for record in storage.get_event_records(
+            dg.EventRecordsFilter(dg.DagsterEventType.ASSET_OBSERVATION, after_cursor=observed),
+            limit=PAGE,
+            ascending=True,
+        ):
+            observed = record.storage_id
+            if record.asset_key is not None and len(record.asset_key.path) == 2:
+                hub, env = record.asset_key.path
+                messages.append((hub, event_message(hub, env, record) or ""))
+        for key, execution in sorted(latest_drift.items(), key=lambda item: item[1].id):
+            event = execution.event.dagster_event if execution.event is not None else None
+            evaluation = event.event_specific_data if event is not None else None
+            if execution.id > drift_seen and isinstance(evaluation, dg.AssetCheckEvaluation):
+                hub, env = key.asset_key.path
+                messages.append((hub, drift_message(hub, env, evaluation) or ""))
+        posted = 0
+        for hub, text in messages:
             urls = recipients(webhook_url, owners, hub) if text else []
-            if text and urls:
+            if urls:
                 post(urls, text + _owners(owners, hub))
                 posted += 1
-        context.update_cursor(str(cursor))
+        context.update_cursor(f"{observed}:{max(drift_seen, newest_drift)}")
         return dg.SkipReason(f"posted {posted} message(s)")
 
     return notify_deploy_events

@@ -94,11 +94,21 @@ def test_nothing_is_posted_without_a_webhook(webhook):
     assert received == []
 
 
-def test_failures_rollbacks_refusals_holds_and_drift_reach_the_owners_and_the_global_webhook(webhook, owners_webhook):
+@pytest.fixture
+def sqlite_instance(tmp_path) -> Iterator[dg.DagsterInstance]:
+    """The storage `dagster dev` has with the shipped dagster.yaml: SQLite, events in one file per run."""
+    (tmp_path / "dagster.yaml").write_text("")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        yield instance
+
+
+def test_failures_rollbacks_refusals_holds_and_drift_reach_the_owners_and_the_global_webhook(
+    webhook, owners_webhook, sqlite_instance
+):
     url, received = webhook
     owners_url, owners_received = owners_webhook
     owners = {"alpha": Owners(names=["alice", "@data-team"], webhook=owners_url)}
-    instance = dg.DagsterInstance.ephemeral()
+    instance = sqlite_instance
     run, event = failed_run(instance)
     failures = build_failure_sensor(url, None, owners)
     context = dg.build_run_status_sensor_context(
@@ -112,6 +122,7 @@ def test_failures_rollbacks_refusals_holds_and_drift_reach_the_owners_and_the_gl
     cursor = run_notifier(notifier, instance, None)  # the first evaluation posts nothing of the past
     received.clear()
     owners_received.clear()
+    assert run_notifier(notifier, instance, cursor) == cursor and not received
     for hub, fact in (
         ("alpha", Rollback("done", 3, 2, 4, {"failed_checks": "hub_api"}, "f" * 64)),
         ("alpha", RefusedPromotion("never passed its staging checks", "a" * 40, "f" * 64)),
@@ -136,8 +147,14 @@ def test_failures_rollbacks_refusals_holds_and_drift_reach_the_owners_and_the_gl
     assert run_notifier(notifier, instance, cursor) == cursor and len(received) == 5, "each event once"
 
 
+@dg.asset_check(asset=dg.AssetKey(["alpha", "prod"]), name="drift")
+def alpha_prod_drift() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
 def run_notifier(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None) -> str:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    definitions = dg.Definitions(sensors=[sensor], asset_checks=[alpha_prod_drift])
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions)
     sensor(context)
     assert context.cursor is not None
     return context.cursor
