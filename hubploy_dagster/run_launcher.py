@@ -131,11 +131,11 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         args = ExecuteRunArgs(
             job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(), set_exit_code_on_failure=True
         )
-        worker = self._forkserver().Process(
-            target=execute_run, args=(dg.serialize_value(args),), name=f"dagster-run-{run.run_id}"
-        )
-        with self._lock:
+        with self._lock:  # the daemon may launch from several threads
             self._forget_finished()
+            worker = self._forkserver().Process(
+                target=execute_run, args=(dg.serialize_value(args),), name=f"dagster-run-{run.run_id}"
+            )
             worker.start()
             self._workers[run.run_id] = worker
         self._instance.add_run_tags(run.run_id, {WORKER_TAG: f"{socket.gethostname()}:{worker.pid}"})
@@ -160,7 +160,10 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
             return False
         self._instance.report_run_canceling(run)
         pid = self._worker_pid(run)
-        if pid is None or self.check_run_worker_health(run).status != WorkerStatus.RUNNING:
+        if pid is None:  # not started yet, or on another machine: run monitoring's cancel timeout ends it
+            self._instance.report_engine_event("No run worker of this machine to interrupt.", run, cls=self.__class__)
+            return False
+        if self.check_run_worker_health(run).status != WorkerStatus.RUNNING:
             self._instance.report_run_canceled(run, "The run's worker was not running: nothing to interrupt.")
             return False
         # What the default launcher's worker does on termination: an interrupt, which Dagster turns into the
