@@ -3,7 +3,7 @@
 Dagster's default run launcher starts every run in a fresh Python process (the code server spawns it), and
 the Docker and Kubernetes launchers start `dagster api execute_run` in a fresh container. Each of those
 processes imports Dagster, its storage, the Kubernetes, Docker and cloud clients before its first step:
-about 2 s of CPU per run on a small machine, more than everything the run then does itself. A chart bump that
+2 to 3 s of CPU per run on a small machine, more than everything the run then does itself. A chart bump that
 deploys 300 hubs to staging and then to prod is 600 runs.
 
 This launcher keeps one forkserver (Python's `multiprocessing`) beside the daemon, which imports those
