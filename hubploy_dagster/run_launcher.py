@@ -176,14 +176,15 @@ class PreloadedRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        with self._lock:
+        with self._lock:  # read together: another thread's launch may close a finished worker
             worker = self._workers.get(run.run_id)
-            exitcode = worker.exitcode if worker is not None else None
-            if worker is not None and exitcode is None:
+            launched = (worker.pid, worker.exitcode) if worker is not None else None
+        if launched is not None:
+            pid, exitcode = launched
+            if exitcode is None:
                 return CheckRunHealthResult(WorkerStatus.RUNNING)
-        if worker is not None:
             status = WorkerStatus.SUCCESS if exitcode == 0 else WorkerStatus.FAILED
-            return CheckRunHealthResult(status, f"run worker pid {worker.pid} exited with code {exitcode}")
+            return CheckRunHealthResult(status, f"run worker pid {pid} exited with code {exitcode}")
         pid = self._worker_pid(run)  # launched by an earlier daemon on this machine
         if pid is None:
             return CheckRunHealthResult(
