@@ -43,10 +43,8 @@ HUB = "hub-0000"
 # report how many hubs' assets the asset job holds.
 CHILD = r"""
 import json, sys
-sys.argv = ["dagster", "api", "execute_run", sys.argv[1]] if sys.argv[1] != "-" else ["dagster", "code-server"]
-from hubploy_dagster.definitions import defs
-job = defs().get_repository_def().get_job("__ASSET_JOB")
-print(json.dumps({"hubs": len({key.path[0] for key in job.asset_layer.asset_graph.get_all_asset_keys()})}))
+import worker_probe
+print(json.dumps({"hubs": worker_probe.hubs_loaded(None if sys.argv[1] == "-" else sys.argv[1])}))
 """
 
 # The forked worker: the run launcher's forkserver, warmed once (its preloading is a one-time cost of the

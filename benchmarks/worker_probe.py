@@ -1,4 +1,4 @@
-"""What a run worker forked by hubploy's run launcher does before its first step, timed from inside it.
+"""What a run worker does before its first step; timed from inside it when forked by hubploy's run launcher.
 
 Forked from the launcher's forkserver (`run_worker_load.py` starts one with the launcher's own preload list),
 the probe does the worker's load: the run's arguments where `dagster api execute_run` has them, the code
@@ -14,12 +14,17 @@ import time
 from multiprocessing.connection import Connection
 
 
-def load_like_a_worker(serialized_args: str, report: Connection) -> None:
-    started = time.monotonic()
-    sys.argv = ["dagster", "api", "execute_run", serialized_args]
+def hubs_loaded(serialized_args: str | None) -> int:
+    """The load of a run worker given these run arguments (a code server's without): hubs in the asset job."""
+    sys.argv = ["dagster", "api", "execute_run", serialized_args] if serialized_args else ["dagster", "code-server"]
     from hubploy_dagster.definitions import defs
 
     job = defs().get_repository_def().get_job("__ASSET_JOB")
-    hubs = len({key.path[0] for key in job.asset_layer.asset_graph.get_all_asset_keys()})
+    return len({key.path[0] for key in job.asset_layer.asset_graph.get_all_asset_keys()})
+
+
+def load_like_a_worker(serialized_args: str, report: Connection) -> None:
+    started = time.monotonic()
+    hubs = hubs_loaded(serialized_args)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report.send({"wall": time.monotonic() - started, "cpu": usage.ru_utime + usage.ru_stime, "hubs": hubs})

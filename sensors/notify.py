@@ -69,7 +69,7 @@ def build_failure_sensor(
 
 def drift_message(hub: str, env: str, evaluation: dg.AssetCheckEvaluation) -> str | None:
     """The message for a failed drift check."""
-    if evaluation.check_name != "drift" or evaluation.passed:
+    if evaluation.passed:
         return None
     return f":warning: *{hub}* in *{env}* drifted from its commit: {evaluation.description or 'see the check'}"
 
@@ -124,17 +124,18 @@ def build_event_notifier(
             observed = record.storage_id
             if record.asset_key is not None and len(record.asset_key.path) == 2:
                 hub, env = record.asset_key.path
-                messages.append((hub, event_message(hub, env, record) or ""))
+                if text := event_message(hub, env, record):
+                    messages.append((hub, text))
         for key, execution in sorted(latest_drift.items(), key=lambda item: item[1].id):
             event = execution.event.dagster_event if execution.event is not None else None
             evaluation = event.event_specific_data if event is not None else None
             if execution.id > drift_seen and isinstance(evaluation, dg.AssetCheckEvaluation):
                 hub, env = key.asset_key.path
-                messages.append((hub, drift_message(hub, env, evaluation) or ""))
+                if text := drift_message(hub, env, evaluation):
+                    messages.append((hub, text))
         posted = 0
         for hub, text in messages:
-            urls = recipients(webhook_url, owners, hub) if text else []
-            if urls:
+            if urls := recipients(webhook_url, owners, hub):
                 post(urls, text + _owners(owners, hub))
                 posted += 1
         context.update_cursor(f"{observed}:{max(drift_seen, newest_drift)}")
